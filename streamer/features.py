@@ -1,0 +1,140 @@
+"""Window -> model inputs: the one encoding shared by training and serving.
+
+Train/serve skew is the classic streaming-ML bug, so there is exactly one
+definition of the model's inputs, and it lives here (the streamer side, which
+the trainer imports). A window is a user's most recent events, oldest first,
+at most L of them; it is left-padded to L and becomes four arrays:
+
+- `items`  int32   item index (0 = padding or no item, 1 = out of vocabulary)
+- `values` float32 the event's value, scaled by the bundle's scaler (0 if none)
+- `dts`    float32 log1p(seconds since the previous event in the window), 0 for the first
+- `mask`   float32 1 for a real event, 0 for padding
+
+`encode_sequence` builds every window of one long sequence at once (training,
+vectorised); `encode_windows` builds a batch of independent windows (serving).
+A test proves the two agree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+INPUT_NAMES = ("items", "values", "dts", "mask")
+ITEM_SCORES = "item_scores"
+FORECAST = "forecast"
+PAD_INDEX = 0
+OOV_INDEX = 1
+RESERVED = ("[PAD]", "[OOV]")
+
+
+class Vocabulary:
+    """Item ids <-> indices. Index = line number of items.txt; lines 0-1 are reserved."""
+
+    def __init__(self, item_ids: Sequence[str]) -> None:
+        self.item_ids: list[str] = list(RESERVED) + [str(i) for i in item_ids]
+        self._index = {item: idx for idx, item in enumerate(self.item_ids) if idx >= len(RESERVED)}
+        if len(self._index) != len(self.item_ids) - len(RESERVED):
+            raise ValueError("item vocabulary contains duplicate ids")
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def index(self, item_id: str | None) -> int:
+        if item_id is None:
+            return PAD_INDEX
+        return self._index.get(item_id, OOV_INDEX)
+
+    def save(self, path: Path) -> None:
+        path.write_text("".join(f"{item}\n" for item in self.item_ids), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> "Vocabulary":
+        lines = path.read_text(encoding="utf-8").split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        if tuple(lines[: len(RESERVED)]) != RESERVED:
+            raise ValueError(f"{path}: the first lines must be {RESERVED}, got {lines[:2]}")
+        return cls(lines[len(RESERVED):])
+
+
+@dataclass(frozen=True)
+class ValueScaler:
+    """z-score for `value`: global, optionally overridden per entity (ETT channels, tickers)."""
+
+    mean: float = 0.0
+    std: float = 1.0
+    per_entity: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def params(self, user_id: str) -> tuple[float, float]:
+        return self.per_entity.get(user_id, (self.mean, self.std))
+
+    def to_dict(self) -> dict:
+        return {"kind": "zscore", "mean": self.mean, "std": self.std,
+                "per_entity": {k: [m, s] for k, (m, s) in self.per_entity.items()}}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "ValueScaler":
+        if raw.get("kind", "zscore") != "zscore":
+            raise ValueError(f"unknown value scaler kind {raw.get('kind')!r}")
+        per = {str(k): (float(v[0]), float(v[1])) for k, v in raw.get("per_entity", {}).items()}
+        return cls(float(raw["mean"]), float(raw["std"]), per)
+
+
+def log_dt(ts: np.ndarray) -> np.ndarray:
+    """log1p of the gap to the previous timestamp (0 for the first; negatives clip to 0)."""
+    out = np.zeros(len(ts), dtype=np.float32)
+    if len(ts) > 1:
+        out[1:] = np.log1p(np.maximum(np.diff(np.asarray(ts, dtype=np.float64)), 0.0))
+    return out
+
+
+def encode_sequence(ts: np.ndarray, items: np.ndarray, values: np.ndarray,
+                    ends: np.ndarray, window: int) -> dict[str, np.ndarray]:
+    """Inputs for the windows seq[max(0, e-window):e] for each e in `ends` (vectorised).
+
+    `ts`, `items`, `values` describe one entity's sequence in event-time order;
+    `values` must already be scaled (0 where an event has no value).
+    """
+    ends = np.asarray(ends, dtype=np.int64)
+    n = len(ts)
+    pad = lambda arr, dtype: np.concatenate([np.zeros(window, dtype), np.asarray(arr, dtype)])
+    dts_full = pad(log_dt(ts), np.float32)
+    mask_full = pad(np.ones(n), np.float32)
+    # window for end e is padded[e : e + window] (the padding shifts indices by `window`)
+    take = lambda full: sliding_window_view(full, window)[ends]
+    out = {
+        "items": take(pad(items, np.int32)).copy(),
+        "values": take(pad(values, np.float32)).copy(),
+        "dts": take(dts_full).copy(),
+        "mask": take(mask_full).copy(),
+    }
+    first_real = np.maximum(0, window - ends)  # column of each window's oldest event
+    has_event = ends > 0
+    out["dts"][np.nonzero(has_event)[0], first_real[has_event]] = 0.0
+    return out
+
+
+def encode_windows(windows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                   window: int) -> dict[str, np.ndarray]:
+    """Inputs for a batch of independent windows, each (ts, items, scaled values), oldest first."""
+    batch = len(windows)
+    out = {
+        "items": np.zeros((batch, window), np.int32),
+        "values": np.zeros((batch, window), np.float32),
+        "dts": np.zeros((batch, window), np.float32),
+        "mask": np.zeros((batch, window), np.float32),
+    }
+    for row, (ts, items, values) in enumerate(windows):
+        n = min(len(ts), window)
+        if n == 0:
+            continue
+        start = window - n
+        out["items"][row, start:] = items[-n:]
+        out["values"][row, start:] = values[-n:]
+        out["dts"][row, start:] = log_dt(ts[-n:])
+        out["mask"][row, start:] = 1.0
+    return out

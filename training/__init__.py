@@ -1,0 +1,1 @@
+"""seqcast's offline half: event logs -> Keras LSTM/Transformer -> evaluated ONNX bundle."""

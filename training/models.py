@@ -1,0 +1,170 @@
+"""Keras 3 sequence models: an LSTM and a causal Transformer over one window.
+
+Both read the four inputs that `streamer.features` defines (items, values,
+dts, mask; left-padded to L) and end in up to two heads:
+
+- `item_scores` [B, V]: a score for every vocabulary index (next-item logits),
+  tied to the item embedding, as SASRec does: fewer weights, better ranking.
+- `forecast` [B, H]: the next H values in scaled units.
+
+Only ops that tf2onnx exports and onnxruntime runs are used: `relu`, not
+`gelu` (which exports an `Erfc` node onnxruntime rejects). Every exported model
+is checked against Keras in `training/export.py`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import keras
+from keras import layers, ops
+
+from streamer.features import FORECAST, ITEM_SCORES
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture knobs; stored in the manifest as `hyperparameters`."""
+
+    arch: str = "lstm"  # "lstm" | "transformer"
+    window: int = 50
+    horizon: int = 0  # 0 = no forecast head
+    vocab_size: int = 0  # 0 = no item head (else includes the 2 reserved indices)
+    width: int = 64
+    depth: int = 1
+    heads: int = 1
+    dropout: float = 0.1
+    revin: bool = False  # instance-normalise the value channel (RevIN) for forecasting
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self) -> None:
+        if self.arch not in ("lstm", "transformer"):
+            raise ValueError(f"arch must be 'lstm' or 'transformer', got {self.arch!r}")
+        if self.horizon <= 0 and self.vocab_size <= 2:
+            raise ValueError("a model needs an item head (vocab_size > 2) or a forecast head (horizon > 0)")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
+
+
+@keras.saving.register_keras_serializable("seqcast")
+class TiedItemScores(layers.Layer):
+    """Scores = h · E^T + b, with E the item embedding matrix (weight tying)."""
+
+    def __init__(self, embedding: layers.Embedding, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.embedding = embedding
+
+    def build(self, input_shape) -> None:
+        self.bias = self.add_weight(shape=(self.embedding.input_dim,), initializer="zeros", name="bias")
+
+    def call(self, hidden):
+        return ops.matmul(hidden, ops.transpose(self.embedding.embeddings)) + self.bias
+
+
+@keras.saving.register_keras_serializable("seqcast")
+class CausalMask(layers.Layer):
+    """[B, L] padding mask -> [B, L, L] boolean attention mask: causal and no padded keys."""
+
+    def call(self, mask):
+        length = ops.shape(mask)[1]
+        rows = ops.expand_dims(ops.arange(length), 1)
+        cols = ops.expand_dims(ops.arange(length), 0)
+        causal = ops.cast(ops.greater_equal(rows, cols), "float32")
+        keys = ops.expand_dims(mask, 1)  # [B, 1, L]
+        allowed = causal[None, :, :] * keys
+        # a padded query row would attend to nothing; let it see itself so softmax stays finite
+        eye = ops.eye(length, dtype="float32")[None, :, :]
+        return ops.greater(ops.maximum(allowed, eye), 0.5)
+
+
+@keras.saving.register_keras_serializable("seqcast")
+class Positions(layers.Layer):
+    """Learned absolute position embeddings, added to the sequence."""
+
+    def __init__(self, window: int, width: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.window, self.width = window, width
+
+    def build(self, input_shape) -> None:
+        self.table = self.add_weight(shape=(self.window, self.width), initializer="glorot_uniform", name="table")
+
+    def call(self, x):
+        return x + self.table[None, :, :]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "window": self.window, "width": self.width}
+
+
+@keras.saving.register_keras_serializable("seqcast")
+class InstanceNorm(layers.Layer):
+    """RevIN statistics: per-window mean/std of the real (masked) values."""
+
+    def call(self, values, mask):
+        count = ops.maximum(ops.sum(mask, axis=1, keepdims=True), 1.0)
+        mean = ops.sum(values * mask, axis=1, keepdims=True) / count
+        var = ops.sum(ops.square(values - mean) * mask, axis=1, keepdims=True) / count
+        std = ops.sqrt(var + 1e-5)
+        return (values - mean) / std * mask, mean, std
+
+
+def _transformer_block(x, attention_mask, spec: ModelSpec, index: int):
+    """Pre-norm block: x + MHA(LN(x)); x + FFN(LN(x)). relu, never gelu (see module doc)."""
+    h = layers.LayerNormalization(epsilon=1e-6, name=f"block{index}_ln1")(x)
+    h = layers.MultiHeadAttention(spec.heads, spec.width // spec.heads, dropout=spec.dropout,
+                                  name=f"block{index}_mha")(h, h, attention_mask=attention_mask)
+    x = layers.Add()([x, layers.Dropout(spec.dropout)(h)])
+    h = layers.LayerNormalization(epsilon=1e-6, name=f"block{index}_ln2")(x)
+    h = layers.Dense(spec.width * 2, activation="relu", name=f"block{index}_ffn1")(h)
+    h = layers.Dense(spec.width, name=f"block{index}_ffn2")(layers.Dropout(spec.dropout)(h))
+    return layers.Add()([x, layers.Dropout(spec.dropout)(h)])
+
+
+def _encode(spec: ModelSpec, sequence, mask):
+    """[B, L, width] -> [B, width]: the state after the newest event (last position)."""
+    if spec.arch == "lstm":
+        h = sequence
+        for index in range(spec.depth):
+            last = index == spec.depth - 1
+            h = layers.LSTM(spec.width, return_sequences=not last, dropout=0.0, name=f"lstm{index}")(h)
+        return h
+    h = Positions(spec.window, spec.width, name="positions")(sequence)
+    h = layers.Dropout(spec.dropout)(h)
+    attention_mask = CausalMask(name="causal_mask")(mask)
+    for index in range(spec.depth):
+        h = _transformer_block(h, attention_mask, spec, index)
+    h = layers.LayerNormalization(epsilon=1e-6, name="final_ln")(h)
+    return h[:, -1, :]
+
+
+def build_model(spec: ModelSpec) -> keras.Model:
+    """The serving model: four window inputs -> {item_scores?, forecast?}."""
+    spec.validate()
+    L = spec.window
+    items = keras.Input((L,), dtype="int32", name="items")
+    values = keras.Input((L,), dtype="float32", name="values")
+    dts = keras.Input((L,), dtype="float32", name="dts")
+    mask = keras.Input((L,), dtype="float32", name="mask")
+
+    norm_values, mean, std = (values, None, None)
+    if spec.revin:
+        norm_values, mean, std = InstanceNorm(name="revin")(values, mask)
+    numeric = layers.Concatenate(axis=-1)([ops.expand_dims(norm_values, -1), ops.expand_dims(dts, -1)])
+    x = layers.Dense(spec.width, name="numeric_proj")(numeric)
+    embedding = None
+    if spec.vocab_size > 2:
+        embedding = layers.Embedding(spec.vocab_size, spec.width, name="item_embedding")
+        x = layers.Add()([x, embedding(items)])
+    x = x * ops.expand_dims(mask, -1)
+    hidden = _encode(spec, x, mask)
+    hidden = layers.Dropout(spec.dropout)(hidden)
+
+    outputs = {}
+    if embedding is not None:
+        outputs[ITEM_SCORES] = TiedItemScores(embedding, name=ITEM_SCORES)(hidden)
+    if spec.horizon > 0:
+        forecast = layers.Dense(spec.horizon, name="forecast_dense")(hidden)
+        if spec.revin:
+            forecast = forecast * std + mean
+        outputs[FORECAST] = layers.Identity(name=FORECAST)(forecast)
+    return keras.Model([items, values, dts, mask], outputs, name=f"seqcast_{spec.arch}")
