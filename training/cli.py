@@ -78,13 +78,16 @@ def _data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ts", help="timestamp column (generic tables)")
     parser.add_argument("--item", help="item column (generic tables)")
     parser.add_argument("--value", help="value column (generic tables)")
+    parser.add_argument("--ts-unit", choices=["s", "ms", "iso"], default="s",
+                        help="how the --ts column is written: epoch seconds, epoch milliseconds, ISO-8601")
 
 
 def load_data(args: argparse.Namespace):
     from training.data.loaders import load_any, load_table
 
     if args.user or args.ts:
-        return load_table(args.data, user=args.user, ts=args.ts, item=args.item, value=args.value)
+        return load_table(args.data, user=args.user, ts=args.ts, item=args.item, value=args.value,
+                          ts_unit=args.ts_unit)
     return load_any(args.data)
 
 
