@@ -1,0 +1,68 @@
+"""/metrics and /healthz on one small threaded HTTP server, next to the consumer loop.
+
+/healthz answers 200 only when the service can do its job right now: the model
+is loaded, Redis answers PING, and the loop has a partition assignment and has
+polled recently (a stuck or disconnected loop stops polling). Otherwise 503,
+with the failing parts named in the JSON body.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+
+@dataclass
+class Health:
+    """Written by the loop, read by the HTTP thread (plain attributes: atomic under the GIL)."""
+
+    redis_client: object = None
+    model_loaded: bool = False
+    assigned: bool = False
+    last_poll: float = 0.0
+    stale_after_s: float = 10.0
+
+    def check(self) -> dict[str, bool]:
+        return {"model": self.model_loaded, "redis": self._redis_ok(),
+                "broker": self.assigned and time.monotonic() - self.last_poll < self.stale_after_s}
+
+    def _redis_ok(self) -> bool:
+        try:
+            return bool(self.redis_client is not None and self.redis_client.ping())
+        except Exception:  # any failure means "not usable"
+            return False
+
+
+def serve_http(host: str, port: int, registry: CollectorRegistry, health: Health) -> ThreadingHTTPServer:
+    """Start the server on a daemon thread; `.shutdown()` stops it."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if self.path.startswith("/metrics"):
+                self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif self.path.startswith("/healthz"):
+                parts = health.check()
+                ready = all(parts.values())
+                body = json.dumps({"ready": ready, **parts}).encode()
+                self._reply(200 if ready else 503, body, "application/json")
+            else:
+                self._reply(404, b"not found: try /metrics or /healthz\n", "text/plain")
+
+        def _reply(self, code: int, body: bytes, content_type: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:  # keep stderr for the JSON logs
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    return server

@@ -1,0 +1,55 @@
+"""Every Prometheus metric of the streamer, built in one function on a registry passed in.
+
+Names follow DESIGN.md (prefix `seqcast_`, base units: seconds, counts). Label
+values are bounded: `reason` is one of events.REASONS, `partition` is a
+partition number, model labels come from the handful of loaded bundles; no
+user or item ids ever become labels. Tests build a fresh CollectorRegistry
+instead of fighting module globals.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LAG_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 86400.0, float("inf"))
+STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+
+
+class Metrics(NamedTuple):
+    events_consumed: Counter
+    events_invalid: Counter  # {reason}
+    predictions_emitted: Counter  # {model_version, arm}
+    event_latency: Histogram  # consumed -> produced
+    event_time_lag: Histogram  # event ts -> produced
+    inference: Histogram  # one model call (one arm, one batch)
+    batch_size: Histogram
+    redis: Histogram  # one window-store pipeline
+    consumer_lag: Gauge  # {partition}
+    model_info: Gauge  # {name, version, arch, arm}
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> "Metrics":
+        p = "seqcast_"
+        return cls(
+            Counter(p + "events_consumed", "Messages read from the input topic (valid or not).", registry=registry),
+            Counter(p + "events_invalid", "Messages sent to the dead-letter topic, by reason.", ["reason"],
+                    registry=registry),
+            Counter(p + "predictions_emitted", "Predictions produced to the output topic.",
+                    ["model_version", "arm"], registry=registry),
+            Histogram(p + "event_latency_seconds", "From the batch being consumed to its prediction being produced.",
+                      buckets=LATENCY_BUCKETS, registry=registry),
+            Histogram(p + "event_time_lag_seconds", "From the event's own timestamp to its prediction being produced.",
+                      buckets=LAG_BUCKETS, registry=registry),
+            Histogram(p + "inference_seconds", "One onnxruntime call for a batch of windows.",
+                      buckets=STEP_BUCKETS, registry=registry),
+            Histogram(p + "batch_size", "Valid events per processed batch.", buckets=BATCH_BUCKETS, registry=registry),
+            Histogram(p + "redis_seconds", "One window-store pipeline (one round trip per batch).",
+                      buckets=STEP_BUCKETS, registry=registry),
+            Gauge(p + "consumer_lag", "Records behind the partition's high watermark.", ["partition"],
+                  registry=registry),
+            Gauge(p + "model_info", "1 for each loaded model bundle and the traffic arm it serves.",
+                  ["name", "version", "arch", "arm"], registry=registry),
+        )

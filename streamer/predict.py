@@ -1,0 +1,143 @@
+"""Windows -> model inputs -> prediction dicts, for one batch, one model call per arm.
+
+`Models` holds the bundles serving traffic and decides which arm serves each
+event (`route`); the service swaps the whole `Models` object between batches
+(hot reload) and never looks inside. Today there is one arm, "primary"; a
+canary or shadow arm is one more entry in `arms` plus a routing rule, and
+`predict_batch` already groups rows by arm and calls each bundle once.
+
+Encoding is `streamer.features.encode_windows`, the function training's
+`encode_sequence` is tested against: items through the bundle's vocabulary
+(unknown -> OOV), values z-scored with the user's scaler (missing -> 0).
+Outputs are turned back into the contract's units: forecast un-scaled, top-K
+items that are not in the window and are not [PAD]/[OOV].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from streamer.bundle import Bundle
+from streamer.events import Event
+from streamer.features import FORECAST, ITEM_SCORES, OOV_INDEX, encode_windows
+from streamer.window_store import Window
+
+PRIMARY = "primary"
+
+
+@dataclass(frozen=True)
+class Models:
+    """The bundles serving traffic, by arm; immutable, replaced whole between batches."""
+
+    arms: dict[str, Bundle]
+    top_k: int = 0  # 0 = each bundle's manifest default
+    emitting: frozenset[str] = field(default=frozenset({PRIMARY}))  # arms whose predictions are produced
+
+    @classmethod
+    def single(cls, bundle: Bundle, top_k: int = 0) -> "Models":
+        return cls({PRIMARY: bundle}, top_k)
+
+    @property
+    def window_len(self) -> int:
+        """Events the window store must return: the longest L of any arm."""
+        return max(b.manifest.window for b in self.arms.values())
+
+    def route(self, event: Event) -> str:
+        """The arm that answers `event` (a stable hash of user_id once canaries exist)."""
+        return PRIMARY
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One prediction before serialisation; `body` misses only latency_ms."""
+
+    event: Event
+    arm: str
+    version: str
+    body: dict
+
+
+def encode(bundle: Bundle, events: Sequence[Event], windows: Sequence[Window]) -> dict[str, np.ndarray]:
+    """The bundle's model inputs for each event's window (item mapping and scaling done batch-wide)."""
+    index = bundle.vocab.index
+    lengths = [len(w.items) for w in windows]
+    items = np.array([index(i) for w in windows for i in w.items], np.int32)
+    params = np.array([bundle.scaler.params(e.user_id) for e in events], np.float64).reshape(-1, 2)
+    raw = np.concatenate([w.values for w in windows]) if windows else np.zeros(0)
+    scaled = (raw - np.repeat(params[:, 0], lengths)) / np.repeat(params[:, 1], lengths)
+    scaled = np.where(np.isnan(raw), 0.0, scaled).astype(np.float32)  # as training: float64, then float32
+    cuts = np.cumsum(lengths)[:-1]
+    rows = list(zip((w.ts for w in windows), np.split(items, cuts), np.split(scaled, cuts)))
+    return encode_windows(rows, bundle.manifest.window)
+
+
+def top_items(scores: np.ndarray, window_items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and scores of the k best items per row, excluding the row's window items and 0/1."""
+    scores = scores.astype(np.float32, copy=True)
+    scores[:, : OOV_INDEX + 1] = -np.inf
+    np.put_along_axis(scores, window_items.astype(np.int64), -np.inf, axis=1)
+    k = max(0, min(k, scores.shape[1] - (OOV_INDEX + 1)))
+    if k == 0:
+        return np.zeros((len(scores), 0), np.int64), np.zeros((len(scores), 0), np.float32)
+    best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    best_scores = np.take_along_axis(scores, best, axis=1)
+    order = np.argsort(-best_scores, axis=1, kind="stable")
+    best = np.take_along_axis(best, order, axis=1)
+    return best, np.take_along_axis(scores, best, axis=1)
+
+
+def recommendations(best: np.ndarray, best_scores: np.ndarray, item_ids: Sequence[str]) -> list[list[dict]]:
+    """Per row, [{"item_id", "score"}] best first; excluded items (score -inf) are dropped, so a
+    window that covers almost the whole catalogue yields fewer than K."""
+    return [[{"item_id": item_ids[i], "score": s} for i, s in zip(row, row_scores) if s != -np.inf]
+            for row, row_scores in zip(best.tolist(), best_scores.tolist())]
+
+
+def _bodies(bundle: Bundle, arm: str, events: Sequence[Event], inputs: dict[str, np.ndarray],
+            outputs: dict[str, np.ndarray], top_k: int) -> list[dict]:
+    manifest = bundle.manifest
+    model = {"name": manifest.name, "version": manifest.version, "arch": manifest.arch, "arm": arm}
+    sizes = inputs["mask"].sum(axis=1).astype(int).tolist()
+    forecast = outputs.get(FORECAST)
+    if forecast is not None:
+        params = np.array([bundle.scaler.params(e.user_id) for e in events], np.float64).reshape(-1, 2)
+        forecast = (forecast.astype(np.float64) * params[:, 1:2] + params[:, 0:1]).tolist()
+    recs = None
+    if ITEM_SCORES in outputs:
+        best, best_scores = top_items(outputs[ITEM_SCORES], inputs["items"], top_k or manifest.top_k)
+        recs = recommendations(best, best_scores, bundle.vocab.item_ids)
+    bodies = []
+    for row, event in enumerate(events):
+        body = {"event_id": event.event_id, "user_id": event.user_id, "ts": event.ts, "model": model}
+        if forecast is not None:
+            body["forecast"] = forecast[row]
+        if recs is not None:
+            body["recommendations"] = recs[row]
+        body["window"] = sizes[row]
+        bodies.append(body)
+    return bodies
+
+
+def predict_batch(models: Models, events: Sequence[Event], windows: Sequence[Window],
+                  timer=None) -> list[Scored]:
+    """Predictions for every event, in input order; one bundle.predict per arm present.
+
+    `timer`, if given, is a context-manager factory wrapped around each model call (metrics).
+    """
+    arms = [models.route(e) for e in events]
+    out: list[Scored | None] = [None] * len(events)
+    for arm in dict.fromkeys(arms):
+        rows = [i for i, a in enumerate(arms) if a == arm]
+        bundle = models.arms[arm]
+        sub_events = [events[i] for i in rows]
+        inputs = encode(bundle, sub_events, [windows[i] for i in rows])
+        if timer is None:
+            outputs = bundle.predict(inputs)
+        else:
+            with timer():
+                outputs = bundle.predict(inputs)
+        for i, body in zip(rows, _bodies(bundle, arm, sub_events, inputs, outputs, models.top_k)):
+            out[i] = Scored(events[i], arm, bundle.manifest.version, body)
+    return out  # type: ignore[return-value]

@@ -1,0 +1,195 @@
+"""Fixtures that build real things: a Tansu broker, Redis key spaces, a trained bundle, a service process.
+
+- `broker` (session): an in-memory Tansu on a free loopback port, killed at the end.
+- `topic_factory`: fresh uuid-named topics per call, so tests never see each other's data.
+- `redis_client` / `key_prefix`: the Redis at 127.0.0.1:6379 with a per-test key prefix
+  (everything under it is deleted afterwards).
+- `bundle_dir` (session): one tiny LSTM bundle trained by `training.pipeline.build_bundle`,
+  cached in pytest's cache dir keyed by the training sources, so it is trained once per change.
+- `service_factory`: `python -m streamer serve` in a subprocess with SEQCAST_* env, so tests can
+  SIGTERM or SIGKILL it; its JSON-line logs land in a file the test can read.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from streamer.embedded import free_port, start_tansu
+from streamer.transport import Consumer, Producer, create_topics
+
+ROOT = Path(__file__).resolve().parents[1]
+REDIS_URL = os.environ.get("SEQCAST_TEST_REDIS", "redis://127.0.0.1:6379/0")
+TEST_SESSION_TIMEOUT_MS = 3000  # a Tansu group join takes ~half of this
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory) -> str:
+    log_path = tmp_path_factory.mktemp("tansu") / "tansu.log"
+    port = free_port()
+    with open(log_path, "wb") as log:
+        proc = start_tansu(port, log)
+    yield f"127.0.0.1:{port}"
+    proc.kill()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def topic_factory(broker):
+    def make(partitions: int = 1, prefix: str = "t") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        create_topics(broker, [name], partitions)
+        return name
+    return make
+
+
+@pytest.fixture(scope="session")
+def redis_client():
+    client = redis.Redis.from_url(REDIS_URL)
+    client.ping()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def key_prefix(redis_client) -> str:
+    prefix = f"sct{uuid.uuid4().hex[:8]}"
+    yield prefix
+    keys = list(redis_client.scan_iter(match=f"{prefix}:*", count=1000))
+    for start in range(0, len(keys), 500):
+        redis_client.delete(*keys[start:start + 500])
+
+
+@pytest.fixture
+def producer(broker):
+    prod = Producer(broker, linger_ms=2)
+    yield prod
+    prod.close()
+
+
+@pytest.fixture
+def consumer_factory(broker):
+    made: list[Consumer] = []
+
+    def make(topic: str, group_id: str | None = None) -> Consumer:
+        consumer = Consumer(broker, topic, group_id, assign_all=True)
+        made.append(consumer)
+        return consumer
+    yield make
+    for consumer in made:
+        consumer.close()
+
+
+def _sources_digest() -> str:
+    digest = hashlib.sha256()
+    for path in sorted([*ROOT.glob("training/**/*.py"), ROOT / "streamer/features.py", ROOT / "streamer/bundle.py"]):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _bundle_log():
+    from training.data.synthetic import synthetic_log
+
+    return synthetic_log(users=60, items=50, events_per_user=30, seed=0)
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(request) -> Path:
+    """A small trained LSTM bundle (L=20, H=3, items + forecast), built once per training-code change."""
+    cache = Path(request.config.cache.mkdir("seqcast-bundle")) / _sources_digest()
+    found = sorted(cache.glob("tiny/*/manifest.json"))
+    if found:
+        return found[-1].parent
+    shutil.rmtree(cache, ignore_errors=True)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from training.pipeline import build_bundle
+
+    return build_bundle(_bundle_log(), cache, "tiny", arch="lstm", window=20, horizon=3, epochs=2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def bundle(bundle_dir):
+    from streamer.bundle import load_bundle
+
+    return load_bundle(bundle_dir)
+
+
+class ServiceProcess:
+    """`python -m streamer serve` in a subprocess, with the handles a test needs."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, metrics_port: int) -> None:
+        self.log_path = log_path
+        self.metrics_port = metrics_port
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "streamer", "serve"], env=env, cwd=ROOT,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+
+    def logs(self) -> list[dict]:
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=2) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"service exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if self.get("/healthz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"service not ready after {timeout_s}s:\n{self.log_path.read_text()[-3000:]}")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout_s: float = 30.0) -> int:
+        code = self.proc.wait(timeout=timeout_s)
+        self._log.close()
+        return code
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.wait()
+
+
+@pytest.fixture
+def service_factory(broker, bundle_dir, key_prefix, tmp_path):
+    """start(input_topic=..., output_topic=..., dlq_topic=..., **settings) -> ServiceProcess."""
+    started: list[ServiceProcess] = []
+
+    def start(**settings) -> ServiceProcess:
+        port = free_port()
+        values = {"bootstrap_servers": broker, "redis_url": REDIS_URL, "key_prefix": key_prefix,
+                  "bundle": str(bundle_dir), "metrics_port": port, "metrics_host": "127.0.0.1",
+                  "session_timeout_ms": TEST_SESSION_TIMEOUT_MS, "poll_timeout_ms": 100,
+                  "stats_interval_s": 1.0, **settings}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SEQCAST_")}
+        env.update({f"SEQCAST_{k.upper()}": str(v) for k, v in values.items()})
+        env["PYTHONPATH"] = str(ROOT)
+        service = ServiceProcess(env, tmp_path / f"service-{len(started)}.log", port)
+        started.append(service)
+        return service
+    yield start
+    for service in started:
+        service.stop()

@@ -1,0 +1,124 @@
+"""The window store's Lua script against the real Redis: idempotence, ordering, trim, TTL, as-of reads."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from streamer.events import Event
+from streamer.window_store import WindowStore
+
+
+def ev(i: int, ts: float, user: str = "u1", item: str | None = None, value: float | None = 1.0) -> Event:
+    return Event(f"e{i:04d}", user, ts, item if item is not None else f"i{i}", value)
+
+
+@pytest.fixture
+def store(redis_client, key_prefix) -> WindowStore:
+    return WindowStore(redis_client, key_prefix, window_len=4, ttl_seconds=60)
+
+
+def test_window_is_as_of_the_event_oldest_first(store):
+    windows = store.append_and_read([ev(i, 100.0 + i) for i in range(6)])
+    assert [len(w.ts) for w in windows] == [1, 2, 3, 4, 4, 4]
+    assert windows[5].items == ["i2", "i3", "i4", "i5"]
+    assert windows[5].ts.tolist() == [102.0, 103.0, 104.0, 105.0]
+
+
+def test_replayed_event_id_changes_nothing(store):
+    events = [ev(i, 100.0 + i) for i in range(3)]
+    first = store.append_and_read(events)
+    again = store.append_and_read(events + [Event("e0000", "u1", 999.0, "other", 5.0)])
+    assert [w.items for w in again[:3]] == [w.items for w in first]
+    assert again[3].items == ["i0"]  # the stored e0000 wins; its original ts decides the as-of window
+    assert store.event_ids("u1") == ["e0000", "e0001", "e0002"]
+
+
+def test_out_of_order_events_are_stored_in_event_time_order(store):
+    events = [ev(i, 100.0 + i) for i in range(4)]
+    windows = store.append_and_read([events[2], events[0], events[3], events[1]])
+    assert windows[0].items == ["i2"]
+    assert windows[1].items == ["i0"]  # as of e0: nothing earlier had arrived
+    assert windows[3].items == ["i0", "i1"]  # as of e1: e0 and e1, not the later e2, e3
+    assert store.read("u1").items == ["i0", "i1", "i2", "i3"]
+
+
+def test_equal_timestamps_order_by_event_id(store):
+    store.append_and_read([ev(3, 50.0), ev(1, 50.0), ev(2, 50.0)])
+    assert store.event_ids("u1") == ["e0001", "e0002", "e0003"]
+
+
+def test_trim_keeps_the_newest_and_deletes_payloads(store, redis_client):
+    store.append_and_read([ev(i, 100.0 + i) for i in range(10)])
+    assert store.event_ids("u1") == ["e0006", "e0007", "e0008", "e0009"]
+    assert sorted(redis_client.hkeys(store.keys("u1")[1])) == [b"e0006", b"e0007", b"e0008", b"e0009"]
+
+
+def test_a_very_late_event_gets_a_window_of_itself(store):
+    store.append_and_read([ev(i, 100.0 + i) for i in range(10)])
+    (late,) = store.append_and_read([ev(99, 1.0, item="old")])
+    assert late.items == ["old"] and late.ts.tolist() == [1.0]
+    assert "e0099" not in store.event_ids("u1")
+
+
+def test_final_state_does_not_depend_on_arrival_order(redis_client, key_prefix):
+    events = [ev(i, 100.0 + (i * 7919) % 50) for i in range(50)]
+    states = []
+    for run in range(3):
+        store = WindowStore(redis_client, f"{key_prefix}:{run}", window_len=8, ttl_seconds=60, slack=4)
+        shuffled = random.Random(run).sample(events, len(events))
+        for start in range(0, 50, 7):
+            store.append_and_read(shuffled[start:start + 7] + shuffled[:3])  # with duplicates
+        states.append(store.event_ids("u1"))
+    assert states[0] == states[1] == states[2]
+    assert len(states[0]) == 12 and len(set(states[0])) == 12
+
+
+def test_slack_makes_a_reprocessed_event_see_its_original_window(redis_client, key_prefix):
+    store = WindowStore(redis_client, key_prefix, window_len=3, ttl_seconds=60, slack=2)
+    events = [ev(i, 100.0 + i) for i in range(6)]
+    first = store.append_and_read(events)
+    replay = store.append_and_read(events[3:])  # a crash after e5 was stored, before e3's offset was committed
+    assert [w.items for w in replay] == [w.items for w in first[3:]]
+
+
+def test_ttl_is_refreshed_on_both_keys(store, redis_client):
+    store.append_and_read([ev(0, 1.0)])
+    for key in store.keys("u1"):
+        assert 0 < redis_client.ttl(key) <= 60
+    redis_client.expire(store.keys("u1")[0], 5)
+    store.append_and_read([ev(1, 2.0)])
+    assert redis_client.ttl(store.keys("u1")[0]) > 5
+
+
+def test_missing_fields_odd_ids_and_users_are_separate(store):
+    tricky = "a|b\nc\\d"
+    windows = store.append_and_read([
+        Event("x1", "u{1}", 1.0, tricky, None), Event("x2", "u{1}", 2.0, None, 2.5),
+        Event("x1", "u2", 1.0, "z", 7.0),
+    ])
+    assert windows[1].items == [tricky, None]
+    assert np.isnan(windows[1].values[0]) and windows[1].values[1] == 2.5
+    assert windows[2].items == ["z"] and windows[2].values.tolist() == [7.0]
+    assert store.read("u{1}").items == [tricky, None]
+
+
+def test_exact_timestamps_survive(store):
+    ts = 1_700_000_000.123456789
+    (window,) = store.append_and_read([ev(0, ts, value=0.1 + 0.2)])
+    assert window.ts[0] == ts and window.values[0] == 0.1 + 0.2
+
+
+def test_script_is_reloaded_after_a_flush(store, redis_client):
+    store.append_and_read([ev(0, 1.0)])
+    redis_client.script_flush()
+    (window,) = store.append_and_read([ev(1, 2.0)])
+    assert window.items == ["i0", "i1"]
+
+
+def test_refuses_a_decoding_client(key_prefix):
+    import redis
+
+    with pytest.raises(ValueError, match="decode_responses"):
+        WindowStore(redis.Redis(decode_responses=True), key_prefix, 4, 60)
