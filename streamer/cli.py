@@ -1,4 +1,4 @@
-"""The online half of the `seqcast` command: serve, replay, tail, inspect.
+"""The online half of the `seqcast` command: serve, replay, tail, inspect, models.
 
 Each handler is `handler(args) -> int` (the exit code). Heavy imports happen
 inside handlers, so `seqcast --help` stays instant. `replay` is the one place
@@ -23,6 +23,9 @@ def add_commands(subparsers) -> None:
     _add_replay(subparsers)
     _add_tail(subparsers)
     _add_inspect(subparsers)
+    from streamer import models_cli
+
+    models_cli.add_command(subparsers)
 
 
 def _kafka_flag(parser: argparse.ArgumentParser) -> None:

@@ -29,6 +29,11 @@ class Metrics(NamedTuple):
     redis: Histogram  # one window-store pipeline
     consumer_lag: Gauge  # {partition}
     model_info: Gauge  # {name, version, arch, arm}
+    model_swaps: Counter  # {role}: the registry moved a role to another bundle and it now serves
+    model_load_failures: Counter  # a bundle named by the registry was refused; the old models kept serving
+    live_scored: Counter  # {model_version, arm, head}: predictions scored by the user's next event
+    live_hits: Counter  # {model_version, arm}: ... whose top-K held the next item
+    live_abs_error: Counter  # {model_version, arm}: sum of |next value - forecast[0]|, original units
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> "Metrics":
@@ -52,4 +57,14 @@ class Metrics(NamedTuple):
                   registry=registry),
             Gauge(p + "model_info", "1 for each loaded model bundle and the traffic arm it serves.",
                   ["name", "version", "arch", "arm"], registry=registry),
+            Counter(p + "model_swaps", "Registry changes applied between batches, by role.", ["role"],
+                    registry=registry),
+            Counter(p + "model_load_failures", "Bundles refused on a registry change (old models keep serving).",
+                    registry=registry),
+            Counter(p + "live_scored", "Predictions scored when the user's next event arrived, by head.",
+                    ["model_version", "arm", "head"], registry=registry),
+            Counter(p + "live_hits", "Scored predictions whose top-K recommendations held the next item.",
+                    ["model_version", "arm"], registry=registry),
+            Counter(p + "live_abs_error", "Sum of |next value - forecast[0]| over scored predictions (MAE numerator).",
+                    ["model_version", "arm"], registry=registry),
         )

@@ -2,9 +2,11 @@
 
 `Models` holds the bundles serving traffic and decides which arm serves each
 event (`route`); the service swaps the whole `Models` object between batches
-(hot reload) and never looks inside. Today there is one arm, "primary"; a
-canary or shadow arm is one more entry in `arms` plus a routing rule, and
-`predict_batch` already groups rows by arm and calls each bundle once.
+(hot reload, `streamer.rollout`) and never looks inside. Arms: "primary"
+serves everyone not on the canary; "canary" serves a stable share of users
+(crc32 of user_id, `streamer.registry.on_canary`); "shadow" predicts for
+every event on the same windows, is scored, and is never emitted.
+`predict_batch` groups rows by arm and calls each bundle once per batch.
 
 Encoding is `streamer.features.encode_windows`, the function training's
 `encode_sequence` is tested against: items through the bundle's vocabulary
@@ -22,9 +24,12 @@ import numpy as np
 from streamer.bundle import Bundle
 from streamer.events import Event
 from streamer.features import FORECAST, ITEM_SCORES, OOV_INDEX, encode_windows
+from streamer.registry import on_canary
 from streamer.window_store import Window
 
 PRIMARY = "primary"
+CANARY = "canary"
+SHADOW = "shadow"
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,8 @@ class Models:
 
     arms: dict[str, Bundle]
     top_k: int = 0  # 0 = each bundle's manifest default
-    emitting: frozenset[str] = field(default=frozenset({PRIMARY}))  # arms whose predictions are produced
+    emitting: frozenset[str] = field(default=frozenset({PRIMARY, CANARY}))  # arms whose predictions are produced
+    canary_percent: float = 0.0
 
     @classmethod
     def single(cls, bundle: Bundle, top_k: int = 0) -> "Models":
@@ -45,7 +51,9 @@ class Models:
         return max(b.manifest.window for b in self.arms.values())
 
     def route(self, event: Event) -> str:
-        """The arm that answers `event` (a stable hash of user_id once canaries exist)."""
+        """The arm that answers `event`: the canary for a stable share of users, else primary."""
+        if CANARY in self.arms and on_canary(event.user_id, self.canary_percent):
+            return CANARY
         return PRIMARY
 
 
@@ -120,9 +128,24 @@ def _bodies(bundle: Bundle, arm: str, events: Sequence[Event], inputs: dict[str,
     return bodies
 
 
+def _run_arm(models: Models, arm: str, events: Sequence[Event], windows: Sequence[Window],
+             timer=None) -> list[Scored]:
+    bundle = models.arms[arm]
+    inputs = encode(bundle, events, windows)
+    if timer is None:
+        outputs = bundle.predict(inputs)
+    else:
+        with timer():
+            outputs = bundle.predict(inputs)
+    bodies = _bodies(bundle, arm, events, inputs, outputs, models.top_k)
+    return [Scored(event, arm, bundle.manifest.version, body) for event, body in zip(events, bodies)]
+
+
 def predict_batch(models: Models, events: Sequence[Event], windows: Sequence[Window],
                   timer=None) -> list[Scored]:
-    """Predictions for every event, in input order; one bundle.predict per arm present.
+    """Predictions for every event: first the served one of each event, in input order (primary
+    or canary, one bundle.predict per arm present), then, with a shadow, the shadow's for every
+    event, in input order.
 
     `timer`, if given, is a context-manager factory wrapped around each model call (metrics).
     """
@@ -130,14 +153,9 @@ def predict_batch(models: Models, events: Sequence[Event], windows: Sequence[Win
     out: list[Scored | None] = [None] * len(events)
     for arm in dict.fromkeys(arms):
         rows = [i for i, a in enumerate(arms) if a == arm]
-        bundle = models.arms[arm]
-        sub_events = [events[i] for i in rows]
-        inputs = encode(bundle, sub_events, [windows[i] for i in rows])
-        if timer is None:
-            outputs = bundle.predict(inputs)
-        else:
-            with timer():
-                outputs = bundle.predict(inputs)
-        for i, body in zip(rows, _bodies(bundle, arm, sub_events, inputs, outputs, models.top_k)):
-            out[i] = Scored(events[i], arm, bundle.manifest.version, body)
+        served = _run_arm(models, arm, [events[i] for i in rows], [windows[i] for i in rows], timer)
+        for i, scored in zip(rows, served):
+            out[i] = scored
+    if SHADOW in models.arms:
+        out.extend(_run_arm(models, SHADOW, events, windows, timer))
     return out  # type: ignore[return-value]

@@ -28,9 +28,11 @@ import redis
 
 from streamer import dlq
 from streamer.http import Health
+from streamer.live_accuracy import LiveScorer
 from streamer.logs import Stats, log_event
 from streamer.metrics import Metrics
 from streamer.predict import Models, Scored, predict_batch
+from streamer.rollout import ModelManager
 from streamer.settings import Settings
 from streamer.transport import Consumer, Producer, Record
 from streamer.window_store import Window, WindowStore
@@ -70,8 +72,11 @@ class Service:
     """The loop and the state it carries between batches (offsets to commit, the models)."""
 
     def __init__(self, settings: Settings, consumer: Consumer, producer: Producer, store: WindowStore,
-                 models: Models, metrics: Metrics, health: Health) -> None:
+                 models: Models, metrics: Metrics, health: Health, manager: ModelManager | None = None,
+                 live: LiveScorer | None = None) -> None:
         self.settings = settings
+        self.manager = manager  # publishes a new Models when the registry changes
+        self.live = live
         self.consumer = consumer
         self.producer = producer
         self.store = store
@@ -88,6 +93,8 @@ class Service:
             records = self.consumer.poll(self.settings.poll_timeout_ms)
             self.health.last_poll = time.monotonic()
             self.health.assigned = bool(self.consumer.assignment())
+            if self.manager is not None and self.manager.current is not self.models:
+                self.swap(self.manager.current)
             if records:
                 self.process(records)
             self._observe_lag()
@@ -108,6 +115,8 @@ class Service:
             models = self.models  # one reference per batch: a swap takes effect on the next batch
             scored = predict_batch(models, events, windows, timer=self.metrics.inference.time)
             self._emit(scored, models, consumed_at)
+            if self.live is not None:
+                self._with_redis_retry(lambda: self.live.score(scored))
             self.metrics.batch_size.observe(len(events))
         for record in records:
             self.offsets[(record.topic, record.partition)] = record.offset + 1
@@ -127,18 +136,30 @@ class Service:
         self.offsets = {}
         self.policy.reset()
 
+    def swap(self, models: Models) -> None:
+        """Serve `models` from the next batch on; grow the windows if a model needs longer ones."""
+        if models.window_len > self.store.window_len:
+            self.store.resize(models.window_len)
+        self.models = models
+        log_event(log, "serving new models", arms={a: b.manifest.version for a, b in models.arms.items()})
+
     def _windows(self, events) -> list[Window]:
+        def read() -> list[Window]:
+            with self.metrics.redis.time():
+                return self.store.append_and_read(events)
+        return self._with_redis_retry(read)
+
+    def _with_redis_retry(self, step: Callable):
         deadline = time.monotonic() + REDIS_RETRY_S
         delay = 0.1
         while True:
             try:
-                with self.metrics.redis.time():
-                    return self.store.append_and_read(events)
+                return step()
             except (redis.ConnectionError, redis.TimeoutError) as err:
                 if time.monotonic() + delay > deadline:
                     raise
                 log_event(log, "redis unavailable, retrying the batch", logging.WARNING, error=str(err))
-                time.sleep(delay)  # the script is idempotent, so a retried half-done pipeline is safe
+                time.sleep(delay)  # the window script is idempotent and live scoring skips what it stored
                 delay = min(delay * 2, 2.0)
 
     def _emit(self, scored: list[Scored], models: Models, consumed_at: float) -> None:

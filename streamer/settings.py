@@ -63,6 +63,11 @@ class Settings:
       model_name            ... and which one: the newest version of models_dir/model_name.
       top_k                 recommendations per prediction; 0 = the bundle's default.
       inference_threads     onnxruntime intra-op threads (leave cores for Kafka and Redis).
+    Rollouts
+      registry_poll_ms      how often the model registry in Redis ({key_prefix}:model:*) is checked
+                            for promotions, canaries and shadows; 0 = serve `bundle` only, no registry.
+      live_accuracy         score each user's previous prediction when the next event arrives
+                            (HR@K, MAE per model version and arm); two extra Redis round trips per batch.
     Operations
       metrics_host, metrics_port  /metrics and /healthz listen here; port 0 = no HTTP server.
       log_level             DEBUG, INFO, WARNING or ERROR; logs are JSON lines on stderr.
@@ -92,6 +97,8 @@ class Settings:
     model_name: str = ""
     top_k: int = 0
     inference_threads: int = 1
+    registry_poll_ms: int = 1000
+    live_accuracy: bool = True
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9108
     log_level: str = "INFO"
@@ -102,7 +109,8 @@ class Settings:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("commit_interval_ms", "commit_max_records", "producer_linger_ms", "window_len",
-                     "window_slack", "window_ttl_seconds", "top_k", "metrics_port", "stats_interval_s"):
+                     "window_slack", "window_ttl_seconds", "top_k", "metrics_port", "stats_interval_s",
+                     "registry_poll_ms"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

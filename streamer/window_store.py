@@ -123,11 +123,21 @@ class WindowStore:
         self.window_len = window_len
         self.keep = window_len + slack
         self.ttl_seconds = ttl_seconds
+        self.slack = slack
         if client.get_encoder().decode_responses:
             raise ValueError("the window store needs a Redis client with decode_responses=False (binary replies)")
-        self._script = SCRIPT.format(keep=self.keep, window=window_len, ttl=int(ttl_seconds))
-        sha = client.script_load(self._script)
+        self._load_script()
+
+    def _load_script(self) -> None:
+        self._script = SCRIPT.format(keep=self.keep, window=self.window_len, ttl=int(self.ttl_seconds))
+        sha = self.client.script_load(self._script)
         self._sha = sha.decode() if isinstance(sha, bytes) else sha
+
+    def resize(self, window_len: int) -> None:
+        """Serve longer windows from now on (a promoted model with a larger L); between batches only."""
+        if window_len != self.window_len:
+            self.window_len, self.keep = window_len, window_len + self.slack
+            self._load_script()
 
     def keys(self, user_id: str) -> tuple[str, str]:
         base = f"{self.prefix}:{{{user_id}}}"

@@ -104,18 +104,29 @@ def _bundle_log():
     return synthetic_log(users=60, items=50, events_per_user=30, seed=0)
 
 
-@pytest.fixture(scope="session")
-def bundle_dir(request) -> Path:
-    """A small trained LSTM bundle (L=20, H=3, items + forecast), built once per training-code change."""
-    cache = Path(request.config.cache.mkdir("seqcast-bundle")) / _sources_digest()
-    found = sorted(cache.glob("tiny/*/manifest.json"))
+def _cached_bundle(request, name: str, arch: str) -> Path:
+    """Train (once per training-code change) a small bundle on the shared synthetic log."""
+    cache = Path(request.config.cache.mkdir(f"seqcast-bundle-{name}")) / _sources_digest()
+    found = sorted(cache.glob(f"{name}/*/manifest.json"))
     if found:
         return found[-1].parent
     shutil.rmtree(cache, ignore_errors=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from training.pipeline import build_bundle
 
-    return build_bundle(_bundle_log(), cache, "tiny", arch="lstm", window=20, horizon=3, epochs=2, seed=0)
+    return build_bundle(_bundle_log(), cache, name, arch=arch, window=20, horizon=3, epochs=2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(request) -> Path:
+    """A small trained LSTM bundle (L=20, H=3, items + forecast), built once per training-code change."""
+    return _cached_bundle(request, "tiny", "lstm")
+
+
+@pytest.fixture(scope="session")
+def bundle_dir_v2(request) -> Path:
+    """A second, different bundle (a Transformer on the same data) to roll out over `bundle_dir`."""
+    return _cached_bundle(request, "tiny2", "transformer")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,147 @@
+"""`seqcast models list|promote|canary|shadow|rollback`: roll models out against running services.
+
+The commands only write the registry in Redis (`streamer.registry`); every
+running `seqcast serve` of the same key prefix picks the change up within
+`registry_poll_ms`, loads the bundle off its hot path and swaps between two
+batches. `promote`, `canary` and `shadow` verify the bundle (checksums, a
+warm-up inference) before touching the registry unless `--no-verify`; the
+services verify again and refuse a bad bundle on their own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from streamer.settings import Settings, SettingsError
+
+ROLE_HELP = "REF: <name>/<version> under --models-dir, or a bundle directory path"
+
+
+def add_command(subparsers) -> None:
+    p = subparsers.add_parser(
+        "models", help="list bundles and roll them out: promote, canary, shadow, rollback",
+        description="Model rollouts without restarts. The registry lives in Redis under "
+        "<key_prefix>:model:{active,canary,shadow,history}; running services poll it and swap models "
+        "between batches. " + ROLE_HELP + ".")
+    p.add_argument("--redis-url", help="default: SEQCAST_REDIS_URL or redis://127.0.0.1:6379/0")
+    p.add_argument("--key-prefix", help="default: SEQCAST_KEY_PREFIX or sc")
+    p.add_argument("--models-dir", help="default: SEQCAST_MODELS_DIR or models")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions.add_parser("list", help="bundles, their roles, offline metrics and live accuracy per arm")
+    promote = actions.add_parser("promote", help="make REF the active version (the old one goes on the history)")
+    promote.add_argument("ref", metavar="REF")
+    canary = actions.add_parser("canary", help="send a stable PERCENT of users to REF (or --off)")
+    canary.add_argument("ref", metavar="REF", nargs="?")
+    canary.add_argument("--percent", type=float, default=10.0, help="share of users, 0 < P <= 100")
+    canary.add_argument("--off", action="store_true", help="end the canary")
+    shadow = actions.add_parser("shadow", help="score REF on live traffic without emitting it (or --off)")
+    shadow.add_argument("ref", metavar="REF", nargs="?")
+    shadow.add_argument("--off", action="store_true", help="end the shadow")
+    actions.add_parser("rollback", help="re-activate the previous active version and end any canary")
+    for sub in (promote, canary, shadow):
+        sub.add_argument("--no-verify", action="store_true", help="skip the local checksum and warm-up check")
+    p.set_defaults(handler=cmd_models)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(redis_url=args.redis_url, key_prefix=args.key_prefix, models_dir=args.models_dir)
+
+
+def _ref(settings: Settings, raw: str, verify: bool) -> str:
+    from streamer.bundle import load_bundle
+    from streamer.rollout import ref_for, resolve
+
+    path = Path(raw)
+    ref = ref_for(settings.models_dir, path) if path.is_dir() else raw
+    if verify:
+        load_bundle(resolve(settings.models_dir, ref))  # raises BundleError naming the problem
+    return ref
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    import redis
+
+    from streamer.bundle import BundleError
+    from streamer.registry import Registry
+
+    try:
+        settings = _settings(args)
+        client = redis.Redis.from_url(settings.redis_url)
+        registry = Registry(client, settings.key_prefix)
+        if args.action == "list":
+            print(list_models(client, settings, registry))
+            return 0
+        if args.action == "rollback":
+            print(f"active: {registry.rollback()}")
+            return 0
+        if args.action in ("canary", "shadow") and args.off:
+            (registry.set_canary(None) if args.action == "canary" else registry.set_shadow(None))
+            print(f"{args.action}: off")
+            return 0
+        if not args.ref:
+            raise SettingsError(f"models {args.action}: give a REF or --off")
+        ref = _ref(settings, args.ref, not args.no_verify)
+        if args.action == "promote":
+            registry.promote(ref)
+        elif args.action == "canary":
+            registry.set_canary(ref, args.percent)
+        else:
+            registry.set_shadow(ref)
+        print(f"{args.action}: {ref}" + (f" ({args.percent:g}% of users)" if args.action == "canary" else ""))
+        return 0
+    except (SettingsError, BundleError, LookupError, ValueError, redis.RedisError) as err:
+        print(f"seqcast models: {err}", file=sys.stderr)
+        return 2
+
+
+def _headline(metrics: dict) -> str:
+    parts = []
+    items = metrics.get("items", {}).get("model")
+    if items:
+        parts.append(f"HR@10 {items['HR@10']:.3f}")
+    forecast = metrics.get("forecast", {}).get("original_units", {}).get("model")
+    if forecast:
+        parts.append(f"MAE {forecast['MAE']:.3f}")
+    return ", ".join(parts) or "-"
+
+
+def _live(client, prefix: str, version: str) -> str:
+    from streamer.live_accuracy import read_totals
+
+    out = []
+    for arm, t in sorted(read_totals(client, prefix, version).items()):
+        hr = "" if math.isnan(t["HR"]) else f"HR@K {t['HR']:.3f} (n={t['items_scored']:.0f})"
+        mae = "" if math.isnan(t["MAE"]) else f"MAE {t['MAE']:.3f} (n={t['forecast_scored']:.0f})"
+        out.append(f"{arm}: " + " ".join(x for x in (hr, mae) if x))
+    return "; ".join(out) or "-"
+
+
+def list_models(client, settings: Settings, registry) -> str:
+    """A table of every bundle under models_dir plus any registry ref outside it."""
+    wanted = registry.read()
+    roles = {}
+    for ref, role in ((wanted.active, "active"), (wanted.canary, f"canary {wanted.canary_percent:g}%"),
+                      (wanted.shadow, "shadow")):
+        if ref:
+            roles.setdefault(ref, []).append(role)
+    root = Path(settings.models_dir)
+    refs = sorted(str(p.parent.relative_to(root)) for p in root.glob("*/*/manifest.json")) if root.is_dir() else []
+    refs += sorted(r for r in roles if r not in refs)
+    lines = ["| ref | role | arch | L | H | offline test | live accuracy |", "|---|---|---|---|---|---|---|"]
+    from streamer.rollout import resolve
+
+    for ref in refs:
+        try:
+            manifest = json.loads((resolve(settings.models_dir, ref) / "manifest.json").read_text())
+        except (OSError, ValueError):
+            manifest = {}
+        version = manifest.get("version", Path(ref).name)
+        lines.append(f"| {ref} | {', '.join(roles.get(ref, [])) or '-'} | {manifest.get('arch', '?')} | "
+                     f"{manifest.get('window', '?')} | {manifest.get('horizon', '?')} | "
+                     f"{_headline(manifest.get('metrics', {}))} | {_live(client, settings.key_prefix, version)} |")
+    history = registry.history()
+    lines.append(f"\nhistory (newest first): {', '.join(history) if history else '-'}")
+    return "\n".join(lines)

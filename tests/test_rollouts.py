@@ -1,0 +1,211 @@
+"""Model rollouts against a running service: promote, canary, shadow, corrupt bundle, rollback,
+and live accuracy, on the real Tansu broker and the real Redis.
+
+Every test drives the registry the way an operator does (the `seqcast models` CLI or the
+`Registry` it wraps) while the service runs in a subprocess.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from deploy_checks import assert_dashboard_matches_scrape
+from stream_helpers import (assert_matches, covers, metric_value, offline_predictions, predictions_by_id,
+                            read_until, replay_in_background)
+from streamer.bundle import load_bundle
+from streamer.events import Event
+from streamer.live_accuracy import read_totals
+from streamer.registry import Registry, on_canary
+from streamer.replay import replay
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def topics(topic_factory):
+    return {"input_topic": topic_factory(1, "events"), "output_topic": topic_factory(1, "predictions"),
+            "dlq_topic": topic_factory(1, "dlq")}
+
+
+@pytest.fixture
+def registry(redis_client, key_prefix) -> Registry:
+    return Registry(redis_client, key_prefix)
+
+
+def stream(users: int, per_user: int, start: int = 0, seed: int = 0) -> list[Event]:
+    """Interleaved events of `users` users, strictly increasing ts per user, items and values."""
+    events = []
+    for step in range(start, start + per_user):
+        for u in range(users):
+            n = step * users + u
+            events.append(Event(f"e{seed}-{n}", f"user-{u}", 1_700_000_000.0 + 60 * n, f"i{(u * 7 + step * 3) % 50}",
+                                float(20 + (u % 5) + step % 7)))
+    return events
+
+
+def models_cli(key_prefix: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "seqcast_cli", "models", "--key-prefix", key_prefix, *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def wait_for(condition, timeout_s: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def serving(service, version: str, arm: str = "primary") -> bool:
+    text = service.get("/metrics")[1]
+    return any(line.startswith("seqcast_model_info{") and f'version="{version}"' in line and f'arm="{arm}"' in line
+               for line in text.splitlines())
+
+
+def test_promote_mid_stream_switches_once_without_loss(broker, topics, consumer_factory, service_factory,
+                                                       key_prefix, bundle_dir, bundle_dir_v2):
+    v1, v2 = load_bundle(bundle_dir), load_bundle(bundle_dir_v2)
+    service = service_factory(assign_all_partitions=True, max_poll_records=50, registry_poll_ms=200, **topics)
+    service.wait_ready()
+    events = stream(users=20, per_user=30)
+    sender = replay_in_background(broker, topics["input_topic"], events, rate=120.0)
+    output = consumer_factory(topics["output_topic"])
+    records = read_until(output, lambda r: len(r) >= 150)
+    promoted = models_cli(key_prefix, "promote", str(bundle_dir_v2))
+    assert promoted.returncode == 0, promoted.stderr
+    sender.join(timeout=60)
+    records += read_until(output, covers({e.event_id for e in events[len(records):]}))
+    by_id = predictions_by_id(records)
+    assert len(records) == len(events) and set(by_id) == {e.event_id for e in events}  # none lost, none twice
+    versions = [json.loads(r.value)["model"]["version"] for r in records]
+    switch = versions.index(v2.manifest.version)
+    assert set(versions[:switch]) == {v1.manifest.version} and set(versions[switch:]) == {v2.manifest.version}
+    assert 150 <= switch < len(events)
+    expected = {b.manifest.version: offline_predictions(b, events, b.manifest.top_k) for b in (v1, v2)}
+    for (prediction,) in by_id.values():  # each prediction is its version's model on the right window
+        assert_matches(prediction, expected[prediction["model"]["version"]][prediction["event_id"]])
+    assert metric_value(service.get("/metrics")[1], "seqcast_model_swaps_total", role="active") == 1
+
+
+def test_canary_share_is_stable_per_user(broker, topics, producer, consumer_factory, service_factory,
+                                         registry, bundle_dir_v2):
+    registry.set_canary(str(bundle_dir_v2), 20)
+    events = stream(users=400, per_user=2)
+    replay(events, producer, topics["input_topic"])
+    service = service_factory(assign_all_partitions=True, **topics)
+    records = read_until(consumer_factory(topics["output_topic"]), covers({e.event_id for e in events}))
+    arms = defaultdict(set)
+    for record in records:
+        body = json.loads(record.value)
+        arms[body["user_id"]].add(body["model"]["arm"])
+    assert all(len(a) == 1 for a in arms.values())  # a user always gets the same arm
+    canary_users = {u for u, a in arms.items() if a == {"canary"}}
+    assert canary_users == {u for u in arms if on_canary(u, 20)}  # exactly the stable hash
+    assert 0.14 <= len(canary_users) / len(arms) <= 0.26
+    assert metric_value(service.get("/metrics")[1], "seqcast_predictions_emitted_total",
+                        model_version=load_bundle(bundle_dir_v2).manifest.version, arm="canary") == 2 * len(canary_users)
+
+
+def test_shadow_is_scored_but_never_emitted(broker, topics, producer, consumer_factory, service_factory,
+                                           registry, bundle_dir, bundle_dir_v2):
+    registry.set_shadow(str(bundle_dir_v2))
+    events = stream(users=10, per_user=12)
+    replay(events, producer, topics["input_topic"])
+    service = service_factory(assign_all_partitions=True, **topics)
+    records = read_until(consumer_factory(topics["output_topic"]), covers({e.event_id for e in events}))
+    assert len(records) == len(events)
+    assert {json.loads(r.value)["model"]["arm"] for r in records} == {"primary"}
+    shadow_version = load_bundle(bundle_dir_v2).manifest.version
+    text = service.get("/metrics")[1]
+    scored = lambda head: metric_value(text, "seqcast_live_scored_total", model_version=shadow_version,
+                                       arm="shadow", head=head)
+    assert scored("items") == scored("forecast") == len(events) - 10  # every event but each user's first
+    assert metric_value(text, "seqcast_predictions_emitted_total", model_version=shadow_version, arm="shadow") == 0
+    assert_dashboard_matches_scrape(text)  # the Grafana dashboard only names metrics a live service exposes
+
+
+def test_corrupt_bundle_is_refused_and_old_model_keeps_serving(broker, topics, producer, consumer_factory,
+                                                                service_factory, registry, key_prefix,
+                                                                bundle_dir, tmp_path):
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(bundle_dir, corrupt)
+    with open(corrupt / "model.onnx", "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"\x00garbage\x00")
+    refused = models_cli(key_prefix, "promote", str(corrupt))
+    assert refused.returncode == 2 and "sha256" in refused.stderr  # the CLI checks first
+    service = service_factory(assign_all_partitions=True, registry_poll_ms=100, **topics)
+    service.wait_ready()
+    registry.promote(str(corrupt))  # an operator who skipped the check: the service must refuse it
+    wait_for(lambda: metric_value(service.get("/metrics")[1], "seqcast_model_load_failures_total") == 1,
+             what="the load failure metric")
+    events = stream(users=5, per_user=4)
+    replay(events, producer, topics["input_topic"])
+    records = read_until(consumer_factory(topics["output_topic"]), covers({e.event_id for e in events}))
+    version = load_bundle(bundle_dir).manifest.version
+    assert {json.loads(r.value)["model"]["version"] for r in records} == {version}
+    assert any("bundle refused" in line.get("msg", "") for line in service.logs())
+    assert service.proc.poll() is None
+
+
+def test_rollback_returns_to_previous_version(broker, topics, producer, consumer_factory, service_factory,
+                                              registry, key_prefix, bundle_dir, bundle_dir_v2):
+    v1, v2 = (load_bundle(d).manifest.version for d in (bundle_dir, bundle_dir_v2))
+    service = service_factory(assign_all_partitions=True, registry_poll_ms=100, **topics)
+    service.wait_ready()
+    registry.promote(str(bundle_dir_v2))
+    wait_for(lambda: serving(service, v2), what="v2 to serve")
+    rolled = models_cli(key_prefix, "rollback")
+    assert rolled.returncode == 0, rolled.stderr
+    wait_for(lambda: serving(service, v1) and not serving(service, v2), what="v1 to serve again")
+    events = stream(users=5, per_user=3)
+    replay(events, producer, topics["input_topic"])
+    records = read_until(consumer_factory(topics["output_topic"]), covers({e.event_id for e in events}))
+    assert {json.loads(r.value)["model"]["version"] for r in records} == {v1}
+    listing = models_cli(key_prefix, "list")
+    assert listing.returncode == 0 and "active" in listing.stdout and v1 in listing.stdout
+
+
+def offline_live_accuracy(bundle, events: list[Event]) -> dict[str, float]:
+    """HR@K and MAE of each prediction judged by the same user's next event, computed offline."""
+    expected = offline_predictions(bundle, events, bundle.manifest.top_k)
+    previous: dict[str, Event] = {}
+    hits = scored = 0
+    abs_error = 0.0
+    for event in events:
+        before = previous.get(event.user_id)
+        if before is not None:
+            prediction = expected[before.event_id]
+            scored += 1
+            hits += event.item_id in prediction["items"]
+            abs_error += abs(event.value - prediction["forecast"][0])
+        previous[event.user_id] = event
+    return {"scored": scored, "hits": hits, "abs_error": abs_error}
+
+
+def test_live_accuracy_equals_offline(broker, topics, producer, consumer_factory, service_factory,
+                                      key_prefix, redis_client, bundle_dir):
+    bundle = load_bundle(bundle_dir)
+    events = stream(users=12, per_user=15, seed=4)
+    replay(events, producer, topics["input_topic"])
+    service = service_factory(assign_all_partitions=True, max_poll_records=37, **topics)
+    read_until(consumer_factory(topics["output_topic"]), covers({e.event_id for e in events}))
+    want = offline_live_accuracy(bundle, events)
+    version = bundle.manifest.version
+    totals = read_totals(redis_client, key_prefix, version)["primary"]
+    assert totals["items_scored"] == totals["forecast_scored"] == want["scored"] == len(events) - 12
+    assert totals["hits"] == want["hits"]
+    assert totals["abs_error"] == pytest.approx(want["abs_error"], rel=1e-6)
+    wait_for(lambda: metric_value(service.get("/metrics")[1], "seqcast_live_hits_total", model_version=version,
+                                  arm="primary") == want["hits"], what="metrics to catch up")
+    text = service.get("/metrics")[1]
+    assert metric_value(text, "seqcast_live_abs_error_total", model_version=version,
+                        arm="primary") == pytest.approx(want["abs_error"], rel=1e-6)
