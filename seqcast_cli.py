@@ -2,10 +2,10 @@
 
 Offline commands (train, evaluate, benchmark, seed-example) live in `training.cli`;
 online commands (serve, replay, tail, inspect, models) in `streamer.cli`; the
-demo in `streamer.demo`. Each module registers its own sub-commands, and heavy
-imports (TensorFlow, onnxruntime, Kafka) happen only inside the handler that
-needs them, so `seqcast --help` is instant and `seqcast serve` never loads
-TensorFlow.
+demo, which drives both halves, in `training.demo` (registered by `training.cli`).
+Each module registers its own sub-commands, and heavy imports (TensorFlow,
+onnxruntime, Kafka) happen only inside the handler that needs them, so
+`seqcast --help` is instant and `seqcast serve` never loads TensorFlow.
 """
 from __future__ import annotations
 

