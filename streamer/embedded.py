@@ -50,14 +50,16 @@ def wait_for_port(port: int, timeout_s: float = 15.0, host: str = "127.0.0.1") -
             time.sleep(0.05)
 
 
+def tansu_command(port: int) -> list[str]:
+    """argv of an in-memory Tansu broker listening (and advertised) on 127.0.0.1:port."""
+    url = f"tcp://127.0.0.1:{port}"
+    return [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/"]
+
+
 def start_tansu(port: int, log: IO | None = None) -> subprocess.Popen:
     """Start an in-memory Tansu broker on 127.0.0.1:port and wait until it accepts connections."""
-    url = f"tcp://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-         "--storage-engine", "memory://tansu/"],
-        stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )
+    proc = subprocess.Popen(tansu_command(port), stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port)
     except TimeoutError:

@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamer.embedded import tansu_binary, wait_for_port
+from streamer.embedded import tansu_command, wait_for_port
 
 DEMO_RUN_ENV = "SC_DEMO_RUN"  # not SEQCAST_*: the service's settings reject unknown SEQCAST_ names
 PR_SET_PDEATHSIG = 1
@@ -109,9 +109,7 @@ class Children:
 
     def start_tansu(self, port: int, log: Path) -> subprocess.Popen:
         """An in-memory Tansu on 127.0.0.1:port (the argv of streamer.embedded.start_tansu)."""
-        url = f"tcp://127.0.0.1:{port}"
-        proc = self.start("tansu", [str(tansu_binary()), "broker", "--listener-url", url,
-                                    "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"], log)
+        proc = self.start("tansu", tansu_command(port), log)
         wait_for_port(port)
         return proc
 
