@@ -110,8 +110,10 @@ def test_canary_share_is_stable_per_user(broker, topics, producer, consumer_fact
     canary_users = {u for u, a in arms.items() if a == {"canary"}}
     assert canary_users == {u for u in arms if on_canary(u, 20)}  # exactly the stable hash
     assert 0.14 <= len(canary_users) / len(arms) <= 0.26
-    assert metric_value(service.get("/metrics")[1], "seqcast_predictions_emitted_total",
-                        model_version=load_bundle(bundle_dir_v2).manifest.version, arm="canary") == 2 * len(canary_users)
+    version = load_bundle(bundle_dir_v2).manifest.version
+    wait_for(lambda: metric_value(service.get("/metrics")[1], "seqcast_predictions_emitted_total",
+                                  model_version=version, arm="canary") == 2 * len(canary_users),
+             what="the canary's emitted count")
 
 
 def test_shadow_is_scored_but_never_emitted(broker, topics, producer, consumer_factory, service_factory,
@@ -124,10 +126,12 @@ def test_shadow_is_scored_but_never_emitted(broker, topics, producer, consumer_f
     assert len(records) == len(events)
     assert {json.loads(r.value)["model"]["arm"] for r in records} == {"primary"}
     shadow_version = load_bundle(bundle_dir_v2).manifest.version
+    scored = lambda text, head: metric_value(text, "seqcast_live_scored_total", model_version=shadow_version,
+                                             arm="shadow", head=head)
+    # a batch is scored just after its predictions are produced: wait for the last one
+    wait_for(lambda: scored(service.get("/metrics")[1], "forecast") == len(events) - 10, what="shadow scoring")
     text = service.get("/metrics")[1]
-    scored = lambda head: metric_value(text, "seqcast_live_scored_total", model_version=shadow_version,
-                                       arm="shadow", head=head)
-    assert scored("items") == scored("forecast") == len(events) - 10  # every event but each user's first
+    assert scored(text, "items") == scored(text, "forecast") == len(events) - 10  # all but each user's first
     assert metric_value(text, "seqcast_predictions_emitted_total", model_version=shadow_version, arm="shadow") == 0
     assert_dashboard_matches_scrape(text)  # the Grafana dashboard only names metrics a live service exposes
 
@@ -200,6 +204,8 @@ def test_live_accuracy_equals_offline(broker, topics, producer, consumer_factory
     read_until(consumer_factory(topics["output_topic"]), covers({e.event_id for e in events}))
     want = offline_live_accuracy(bundle, events)
     version = bundle.manifest.version
+    wait_for(lambda: metric_value(service.get("/metrics")[1], "seqcast_live_scored_total", model_version=version,
+                                  arm="primary", head="items") == want["scored"], what="live scoring")
     totals = read_totals(redis_client, key_prefix, version)["primary"]
     assert totals["items_scored"] == totals["forecast_scored"] == want["scored"] == len(events) - 12
     assert totals["hits"] == want["hits"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 
 import pytest
 
@@ -111,6 +112,11 @@ def test_metrics_count_events_predictions_and_dlq(topics, producer, consumer_fac
     service = service_factory(assign_all_partitions=True, **topics)
     read_until(output, covers({e.event_id for e in valid}))
     service.wait_ready()
+    # predictions can arrive before their batch's bookkeeping ends; batch_size is recorded last
+    deadline = time.monotonic() + 30
+    while metric_value(service.get("/metrics")[1], "seqcast_batch_size_sum") < len(valid):
+        assert time.monotonic() < deadline, "metrics did not catch up"
+        time.sleep(0.1)
     text = service.get("/metrics")[1]
     version = bundle.manifest.version
     assert metric_value(text, "seqcast_events_consumed_total") == len(stream)
