@@ -7,6 +7,16 @@ dts, mask; left-padded to L) and end in up to two heads:
   tied to the item embedding, as SASRec does: fewer weights, better ranking.
 - `forecast` [B, H]: the next H values in scaled units.
 
+Forecasting options (all off by default): `revin` instance-normalises the
+value channel and de-normalises the forecast; `patch_len` > 0 groups the
+window into L/patch_len non-overlapping patches that become the tokens
+(PatchTST), read by a flatten head that maps every token state directly to the
+H steps; `linear_head` adds a linear map of the (normalised) lookback to the
+forecast (DLinear/RLinear), so the encoder only has to learn the residual;
+with `linear_raw` that map reads the values before RevIN (DLinear) and the
+encoder's output is rescaled by the window's std: forecast = linear(values) +
+std * encoder.
+
 Only ops that tf2onnx exports and onnxruntime runs are used: `relu`, not
 `gelu` (which exports an `Erfc` node onnxruntime rejects). Every exported model
 is checked against Keras in `training/export.py`.
@@ -34,6 +44,9 @@ class ModelSpec:
     heads: int = 1
     dropout: float = 0.1
     revin: bool = False  # instance-normalise the value channel (RevIN) for forecasting
+    patch_len: int = 0  # > 0: tokens are patches of the value channel (forecast-only models)
+    linear_head: bool = False  # add a linear lookback -> horizon map to the forecast head
+    linear_raw: bool = False  # the linear map reads the scaled values, not the RevIN-normalised ones
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,6 +58,11 @@ class ModelSpec:
             raise ValueError("a model needs an item head (vocab_size > 2) or a forecast head (horizon > 0)")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
+        if self.patch_len and (self.vocab_size > 2 or self.horizon <= 0 or self.window % self.patch_len):
+            raise ValueError(f"patch_len {self.patch_len} needs a forecast-only model whose window "
+                             f"{self.window} is a multiple of it")
+        if self.linear_head and self.horizon <= 0:
+            raise ValueError("linear_head needs a forecast head (horizon > 0)")
 
 
 @keras.saving.register_keras_serializable("seqcast")
@@ -64,18 +82,28 @@ class TiedItemScores(layers.Layer):
 
 @keras.saving.register_keras_serializable("seqcast")
 class CausalMask(layers.Layer):
-    """[B, L] padding mask -> [B, L, L] boolean attention mask: causal and no padded keys."""
+    """[B, L] padding mask -> [B, L, L] boolean attention mask: causal (unless `causal=False`:
+    patch tokens all lie in the past, so they may see each other) and no padded keys."""
+
+    def __init__(self, causal: bool = True, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.causal = causal
 
     def call(self, mask):
         length = ops.shape(mask)[1]
         rows = ops.expand_dims(ops.arange(length), 1)
         cols = ops.expand_dims(ops.arange(length), 0)
         causal = ops.cast(ops.greater_equal(rows, cols), "float32")
+        if not self.causal:
+            causal = ops.ones_like(causal)
         keys = ops.expand_dims(mask, 1)  # [B, 1, L]
         allowed = causal[None, :, :] * keys
         # a padded query row would attend to nothing; let it see itself so softmax stays finite
         eye = ops.eye(length, dtype="float32")[None, :, :]
         return ops.greater(ops.maximum(allowed, eye), 0.5)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "causal": self.causal}
 
 
 @keras.saving.register_keras_serializable("seqcast")
@@ -120,21 +148,35 @@ def _transformer_block(x, attention_mask, spec: ModelSpec, index: int):
     return layers.Add()([x, layers.Dropout(spec.dropout)(h)])
 
 
-def _encode(spec: ModelSpec, sequence, mask):
-    """[B, L, width] -> [B, width]: the state after the newest event (last position)."""
+def _encode(spec: ModelSpec, sequence, mask, every_token: bool = False):
+    """[B, T, width] -> [B, width]: the state after the newest token (last position);
+    with `every_token`, [B, T, width]: every token's state (patch models' flatten head)."""
+    tokens = spec.window // spec.patch_len if spec.patch_len else spec.window
     if spec.arch == "lstm":
         h = sequence
         for index in range(spec.depth):
-            last = index == spec.depth - 1
+            last = index == spec.depth - 1 and not every_token
             h = layers.LSTM(spec.width, return_sequences=not last, dropout=0.0, name=f"lstm{index}")(h)
         return h
-    h = Positions(spec.window, spec.width, name="positions")(sequence)
+    h = Positions(tokens, spec.width, name="positions")(sequence)
     h = layers.Dropout(spec.dropout)(h)
-    attention_mask = CausalMask(name="causal_mask")(mask)
+    attention_mask = CausalMask(causal=not spec.patch_len, name="causal_mask")(mask)
     for index in range(spec.depth):
         h = _transformer_block(h, attention_mask, spec, index)
     h = layers.LayerNormalization(epsilon=1e-6, name="final_ln")(h)
-    return h[:, -1, :]
+    return h if every_token else h[:, -1, :]
+
+
+def _patch_forecast(spec: ModelSpec, norm_values, dts, mask):
+    """PatchTST-style: [B, L] channels -> [B, L/P, 3P] patch tokens -> encoder -> flatten -> [B, H]."""
+    tokens, P = spec.window // spec.patch_len, spec.patch_len
+    steps = layers.Concatenate(axis=-1)([ops.expand_dims(t, -1) for t in (norm_values, dts, mask)])
+    patches = layers.Reshape((tokens, 3 * P), name="patches")(steps)
+    token_mask = ops.max(layers.Reshape((tokens, P))(mask), axis=-1)  # a patch with any real event
+    x = layers.Dense(spec.width, name="patch_proj")(patches) * ops.expand_dims(token_mask, -1)
+    hidden = _encode(spec, x, token_mask, every_token=True)
+    hidden = layers.Dropout(spec.dropout)(layers.Flatten(name="flatten_head")(hidden))
+    return layers.Dense(spec.horizon, name="forecast_dense")(hidden)
 
 
 def build_model(spec: ModelSpec) -> keras.Model:
@@ -149,6 +191,9 @@ def build_model(spec: ModelSpec) -> keras.Model:
     norm_values, mean, std = (values, None, None)
     if spec.revin:
         norm_values, mean, std = InstanceNorm(name="revin")(values, mask)
+    if spec.patch_len:
+        return _forecast_model(spec, [items, values, dts, mask], _patch_forecast(spec, norm_values, dts, mask),
+                               values, norm_values, mean, std)
     numeric = layers.Concatenate(axis=-1)([ops.expand_dims(norm_values, -1), ops.expand_dims(dts, -1)])
     x = layers.Dense(spec.width, name="numeric_proj")(numeric)
     embedding = None
@@ -164,7 +209,20 @@ def build_model(spec: ModelSpec) -> keras.Model:
         outputs[ITEM_SCORES] = TiedItemScores(embedding, name=ITEM_SCORES)(hidden)
     if spec.horizon > 0:
         forecast = layers.Dense(spec.horizon, name="forecast_dense")(hidden)
+        return _forecast_model(spec, [items, values, dts, mask], forecast, values, norm_values, mean, std, outputs)
+    return keras.Model([items, values, dts, mask], outputs, name=f"seqcast_{spec.arch}")
+
+
+def _forecast_model(spec: ModelSpec, inputs, forecast, values, norm_values, mean, std,
+                    outputs=None) -> keras.Model:
+    """Add the optional linear lookback map, undo RevIN, and wrap the model."""
+    if spec.linear_head and spec.linear_raw:
+        linear = layers.Dense(spec.horizon, name="linear_head")(values)
+        forecast = layers.Add()([forecast * std if spec.revin else forecast, linear])
+    else:
+        if spec.linear_head:
+            forecast = layers.Add()([forecast, layers.Dense(spec.horizon, name="linear_head")(norm_values)])
         if spec.revin:
             forecast = forecast * std + mean
-        outputs[FORECAST] = layers.Identity(name=FORECAST)(forecast)
-    return keras.Model([items, values, dts, mask], outputs, name=f"seqcast_{spec.arch}")
+    outputs = {**(outputs or {}), FORECAST: layers.Identity(name=FORECAST)(forecast)}
+    return keras.Model(inputs, outputs, name=f"seqcast_{spec.arch}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import keras
 import numpy as np
@@ -30,6 +31,8 @@ class FitConfig:
     max_minutes: float | None = None
     seed: int = 0
     forecast_weight: float = 1.0  # loss weight of the forecast head next to the item head
+    score_initial: bool = False  # score the weights before epoch 1 too (e.g. after a warm start)
+    min_delta: float = 0.0  # an epoch is better only if it beats the best score by this fraction of it
 
 
 @dataclass
@@ -87,16 +90,24 @@ class Monitor(keras.callbacks.Callback):
         self.best, self.best_weights, self.waited = -math.inf, None, 0
         self.started = time.monotonic()
 
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
+    def on_train_begin(self, logs=None) -> None:
+        if self.config.score_initial:
+            self._record(0, float("nan"))
+
+    def _record(self, epoch: int, loss: float) -> dict:
         report = validation_score(self.model, self.val)
-        entry = {"epoch": epoch + 1, "loss": float((logs or {}).get("loss", float("nan"))),
-                 **report, "seconds": round(time.monotonic() - self.started, 1)}
+        entry = {"epoch": epoch, "loss": loss, **report, "seconds": round(time.monotonic() - self.started, 1)}
         self.result.history.append(entry)
-        if report["score"] > self.best:
+        margin = self.config.min_delta * abs(self.best) if math.isfinite(self.best) else 0.0
+        if report["score"] > self.best + margin:
             self.best, self.best_weights, self.waited = report["score"], self.model.get_weights(), 0
-            self.result.best_epoch = epoch + 1
+            self.result.best_epoch = epoch
         else:
             self.waited += 1
+        return entry
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        entry = self._record(epoch + 1, float((logs or {}).get("loss", float("nan"))))
         self.bar.update(1)
         self.bar.set_postfix({k: f"{v:.4g}" for k, v in entry.items() if k not in ("epoch", "score")})
         minutes = (time.monotonic() - self.started) / 60
@@ -110,10 +121,17 @@ class Monitor(keras.callbacks.Callback):
             self.model.set_weights(self.best_weights)
 
 
-def fit(spec: ModelSpec, data: Prepared, config: FitConfig, progress: bool = True) -> FitResult:
-    """Build and train a model; returns it with the best validation epoch's weights."""
+def fit(spec: ModelSpec, data: Prepared, config: FitConfig, progress: bool = True,
+        init: Callable[[keras.Model], object] | None = None) -> FitResult:
+    """Build and train a model; returns it with the best validation epoch's weights.
+
+    `init(model)` runs after the model is built and before training (a warm start,
+    e.g. `training.linear_init.warm_start_linear_head`).
+    """
     seed_everything(config.seed)
     model = build_model(spec)
+    if init is not None:
+        init(model)
     losses = {}
     if spec.vocab_size > 2:
         losses[ITEM_SCORES] = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
