@@ -36,10 +36,9 @@ ALERTS = ROOT / "deploy/prometheus/alerts.yml"
 DATASOURCES = ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml"
 DASHBOARD_PROVIDERS = ROOT / "deploy/grafana/provisioning/dashboards/seqcast.yml"
 
-# Metrics of the rollout work (issue 6) that the dashboard and alerts already use, with their
-# declared types and labels. Until streamer/metrics.py declares them, the static check in
-# test_deploy.py accepts exactly these and `test_rollout_metrics_are_declared` reports them as xfail; the live
-# check (`assert_dashboard_matches_scrape`) accepts nothing that the scrape does not show.
+# Metrics of the rollout work (issue 6) that the dashboard and alerts use, with the types and labels
+# they must be declared with; `test_rollout_metrics_are_declared` checks streamer/metrics.py has them,
+# and the live check (`assert_dashboard_matches_scrape`) accepts nothing that the scrape does not show.
 ROLLOUT_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "seqcast_live_scored": ("counter", ("model_version", "arm", "head")),
     "seqcast_live_hits": ("counter", ("model_version", "arm")),
