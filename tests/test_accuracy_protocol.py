@@ -127,19 +127,51 @@ def test_all_position_targets_are_the_leave_one_out_training_targets() -> None:
     assert ids(targets[1][-2:]) == list("bc") and targets[1][0] == 0
 
 
-@pytest.mark.parametrize("linear_raw", [False, True])
-def test_warm_started_forecast_model_starts_at_the_ridge_forecast(linear_raw: bool) -> None:
+@pytest.mark.parametrize("linear_input", ["norm", "raw"])
+def test_warm_started_forecast_model_starts_at_the_ridge_forecast(linear_input: str) -> None:
     from bench.run_ett import ridge_predict
     from streamer.features import INPUT_NAMES
-    from training.linear_init import warm_start_linear_head
+    from training.linear_init import LINEAR_LAYERS, warm_start_linear_head
     from training.models import ModelSpec, build_model
 
     ts, matrix = _hourly_matrix(rows=14_400, channels=1)
     data = load_ett_data(ts, ["OT"], np.cumsum(matrix, axis=0) * 0.01, "toy", 32)
     train, val = data.windows("train", 8, stride=8), data.windows("val", 8, stride=8)
     model = build_model(ModelSpec("transformer", 32, 8, 0, width=8, heads=2, revin=True, patch_len=8,
-                                  linear_head=True, linear_raw=linear_raw))
-    warm_start_linear_head(model, train, val, not linear_raw, 8)
-    kernel, bias = model.get_layer("linear_head").get_weights()
+                                  linear_head=True, linear_input=linear_input))
+    warm_start_linear_head(model, train, val, linear_input, 8)
+    kernel, bias = model.get_layer(LINEAR_LAYERS[linear_input]).get_weights()
     got = model.predict([val.inputs[k] for k in INPUT_NAMES], verbose=0)["forecast"]
-    np.testing.assert_allclose(got, ridge_predict(kernel, bias, val, not linear_raw), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(got, ridge_predict(kernel, bias, val, linear_input == "norm"), rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["lstm", "transformer"])
+def test_every_position_encoder_shares_the_serving_models_weights(arch: str) -> None:
+    """All-position training scores each prefix with the serving model's own weights: the state at
+    the last position, through the item head, gives exactly the serving model's scores."""
+    from streamer.features import INPUT_NAMES, ITEM_SCORES
+    from training.models import ModelSpec, build_model
+    from training.sequence_fit import every_position_encoder
+
+    spec = ModelSpec(arch, 6, 0, 12, width=8, heads=2)
+    model = build_model(spec)
+    rng = np.random.default_rng(0)
+    mask = np.ones((5, 6), np.float32)
+    mask[:2, :3] = 0.0  # two left-padded windows
+    inputs = {"items": (rng.integers(2, 12, (5, 6)) * mask).astype(np.int32),
+              "values": np.zeros((5, 6), np.float32), "dts": np.zeros((5, 6), np.float32), "mask": mask}
+    batch = [inputs[k] for k in INPUT_NAMES]
+    states = np.asarray(every_position_encoder(model, spec)(batch, training=False))
+    assert states.shape == (5, 6, 8)
+    scores = np.asarray(model.get_layer(ITEM_SCORES)(states[:, -1, :]))
+    np.testing.assert_allclose(scores, model.predict(batch, verbose=0)[ITEM_SCORES], rtol=1e-5, atol=1e-5)
+
+
+def test_keep_margin_grows_with_the_horizon_and_shrinks_with_more_validation() -> None:
+    """Fine-tuning must beat the selection noise: few independent validation forecasts, larger margin."""
+    from bench.run_ett import keep_margin
+
+    etth = [keep_margin(2_880, h) for h in (96, 192, 336, 720)]
+    assert etth == sorted(etth) and etth[0] == pytest.approx(0.1 / np.sqrt(30))
+    assert keep_margin(4 * 2_880, 96) == pytest.approx(etth[0] / 2)
+    assert keep_margin(100, 720) == pytest.approx(0.1)  # never more than one forecast's noise

@@ -4,8 +4,9 @@ A linear map from the (RevIN-normalised) lookback to the horizon is the strong
 simple model of long-horizon forecasting (DLinear, RLinear). Its least-squares
 solution costs one [L, L] solve, so instead of learning it by SGD the trainer
 can start from it: `warm_start_linear_head` fits the ridge solution on the
-training windows, picks the ridge strength on the validation windows, writes it
-into the `linear_head` layer and zeroes the other forecast path's last layer.
+training windows (on the input the model's `linear_input` names), picks the
+ridge strength on the validation windows, writes it into the linear head
+layer and zeroes the other forecast path's last layer.
 The model then starts exactly at the ridge forecast, and gradient descent (with
 early stopping on validation) only keeps what the encoder adds to it.
 """
@@ -59,16 +60,20 @@ def ridge_fit(train: Split, val: Split, revin: bool, horizon: int) -> tuple[np.n
     return weights[:-1], weights[-1], {"ridge_strength": strength, "val_MSE": val_mse}
 
 
-def set_linear_head(model, kernel: np.ndarray, bias: np.ndarray) -> None:
-    """Write a linear map into `linear_head` and zero the last layer of the other forecast path,
-    so the model's forecast is exactly that map's."""
-    model.get_layer("linear_head").set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+LINEAR_LAYERS = {"norm": "linear_head", "raw": "linear_raw_head"}  # by ModelSpec.linear_input
+
+
+def set_linear_head(model, kernel: np.ndarray, bias: np.ndarray, linear_input: str) -> None:
+    """Write a linear map into the model's linear head and zero the last layer of the encoder's
+    forecast path, so the model's forecast is exactly that map's."""
+    model.get_layer(LINEAR_LAYERS[linear_input]).set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
     dense = model.get_layer("forecast_dense")
     dense.set_weights([np.zeros_like(w) for w in dense.get_weights()])
 
 
-def warm_start_linear_head(model, train: Split, val: Split, revin: bool, horizon: int) -> dict:
-    """Fit the ridge map (see `ridge_fit`) and start the model at it (see `set_linear_head`)."""
-    kernel, bias, report = ridge_fit(train, val, revin, horizon)
-    set_linear_head(model, kernel, bias)
+def warm_start_linear_head(model, train: Split, val: Split, linear_input: str, horizon: int) -> dict:
+    """Fit the ridge map on the lookback `linear_input` names (see `ridge_fit`) and start the model
+    at it (see `set_linear_head`)."""
+    kernel, bias, report = ridge_fit(train, val, linear_input == "norm", horizon)
+    set_linear_head(model, kernel, bias, linear_input)
     return report

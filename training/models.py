@@ -13,8 +13,9 @@ window into L/patch_len non-overlapping patches that become the tokens
 (PatchTST), read by a flatten head that maps every token state directly to the
 H steps; `linear_head` adds a linear map of the (normalised) lookback to the
 forecast (DLinear/RLinear), so the encoder only has to learn the residual;
-with `linear_raw` that map reads the values before RevIN (DLinear) and the
-encoder's output is rescaled by the window's std: forecast = linear(values) +
+`linear_input` says what that map reads: "norm", the RevIN-normalised
+lookback (RLinear); "raw", the scaled values before RevIN (DLinear), with the
+encoder's output rescaled by the window's std: forecast = linear(values) +
 std * encoder.
 
 Only ops that tf2onnx exports and onnxruntime runs are used: `relu`, not
@@ -29,6 +30,9 @@ import keras
 from keras import layers, ops
 
 from streamer.features import FORECAST, ITEM_SCORES
+
+
+LINEAR_INPUTS = ("norm", "raw")
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class ModelSpec:
     revin: bool = False  # instance-normalise the value channel (RevIN) for forecasting
     patch_len: int = 0  # > 0: tokens are patches of the value channel (forecast-only models)
     linear_head: bool = False  # add a linear lookback -> horizon map to the forecast head
-    linear_raw: bool = False  # the linear map reads the scaled values, not the RevIN-normalised ones
+    linear_input: str = "norm"  # what the linear map reads: "norm" (after RevIN) or "raw"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,6 +67,10 @@ class ModelSpec:
                              f"{self.window} is a multiple of it")
         if self.linear_head and self.horizon <= 0:
             raise ValueError("linear_head needs a forecast head (horizon > 0)")
+        if self.linear_input not in LINEAR_INPUTS:
+            raise ValueError(f"linear_input must be one of {LINEAR_INPUTS}, got {self.linear_input!r}")
+        if self.linear_head and self.linear_input == "norm" and not self.revin:
+            raise ValueError(f"linear_input {self.linear_input!r} reads the RevIN-normalised lookback: needs revin")
 
 
 @keras.saving.register_keras_serializable("seqcast")
@@ -216,8 +224,8 @@ def build_model(spec: ModelSpec) -> keras.Model:
 def _forecast_model(spec: ModelSpec, inputs, forecast, values, norm_values, mean, std,
                     outputs=None) -> keras.Model:
     """Add the optional linear lookback map, undo RevIN, and wrap the model."""
-    if spec.linear_head and spec.linear_raw:
-        linear = layers.Dense(spec.horizon, name="linear_head")(values)
+    if spec.linear_head and spec.linear_input == "raw":
+        linear = layers.Dense(spec.horizon, name="linear_raw_head")(values)
         forecast = layers.Add()([forecast * std if spec.revin else forecast, linear])
     else:
         if spec.linear_head:

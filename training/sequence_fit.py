@@ -10,8 +10,14 @@ cross-entropy, over real positions only (gathered before the item head, so
 padding costs nothing there). The targets are exactly the leave-last-out
 training targets of `training.dataset.prepare` (positions 1..n-3 of each user);
 validation, early stopping and the returned weights work as in `fit`, so the
-export and the parity check are unchanged. Needs a Transformer with an item head
-and no forecast head (an LSTM's last layer returns only its final state).
+export and the parity check are unchanged. Needs a model with an item head and
+no forecast head. A causal Transformer's last block already holds every
+position's state; an LSTM's last layer returns only its final state, so
+training runs the same cell (shared weights) with `return_sequences` over the
+window. The LSTM has no dropout inside, so its states are dropped at the
+model's rate before the item head, as the serving graph's Dropout layer does
+when it is trained window by window (the Transformer regularises inside its
+blocks and trains as before).
 """
 from __future__ import annotations
 
@@ -52,13 +58,25 @@ def user_sequences(log: EventLog, vocab: Vocabulary, window: int) -> tuple[dict[
     return {k: np.concatenate([p[k] for p in parts]) for k in INPUT_NAMES}, np.concatenate(targets)
 
 
-def _train_step(encoder, head, optimizer, variables):
+def every_position_encoder(model, spec: ModelSpec) -> keras.Model:
+    """The serving model's layers up to the state of every position: [B, L, W] (weights shared)."""
+    if spec.arch == "transformer":
+        return keras.Model(model.inputs, model.get_layer("final_ln").output)
+    last = model.get_layer(f"lstm{spec.depth - 1}")
+    states = keras.layers.RNN(last.cell, return_sequences=True, name="lstm_every_position")(last.input)
+    return keras.Model(model.inputs, states)
+
+
+def _train_step(encoder, head, optimizer, variables, dropout: float):
     @tf.function(reduce_retracing=True)
     def step(inputs, targets):
         with tf.GradientTape() as tape:
             hidden = encoder(inputs, training=True)  # [B, L, W]
             real = targets > 0
-            logits = head(tf.boolean_mask(hidden, real))  # [targets in batch, V]
+            states = tf.boolean_mask(hidden, real)
+            if dropout:
+                states = tf.nn.dropout(states, rate=dropout)
+            logits = head(states)  # [targets in batch, V]
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
                 tf.boolean_mask(targets, real), logits))
         grads = tape.gradient(loss, variables)
@@ -70,16 +88,17 @@ def _train_step(encoder, head, optimizer, variables):
 def fit_all_positions(spec: ModelSpec, data: Prepared, log: EventLog, config: FitConfig,
                       progress: bool = True) -> FitResult:
     """Train the serving model with the all-position objective; best validation weights restored."""
-    if spec.arch != "transformer" or spec.vocab_size <= 2 or spec.horizon > 0:
-        raise ValueError("all-position training needs a transformer with an item head and no forecast head")
+    if spec.vocab_size <= 2 or spec.horizon > 0:
+        raise ValueError("all-position training needs a model with an item head and no forecast head")
     seed_everything(config.seed)
     model = build_model(spec)
-    encoder = keras.Model(model.inputs, model.get_layer("final_ln").output)
+    encoder = every_position_encoder(model, spec)
     head = model.get_layer(ITEM_SCORES)
     variables = [v for v in model.trainable_variables]
     optimizer = keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay, clipnorm=1.0)
     optimizer.build(variables)
-    step = _train_step(encoder, head, optimizer, [v.value for v in variables])
+    step = _train_step(encoder, head, optimizer, [v.value for v in variables],
+                       dropout=spec.dropout if spec.arch == "lstm" else 0.0)
     inputs, targets = user_sequences(log, data.vocab, spec.window)
     rng = np.random.default_rng(config.seed)
     result, best, best_weights, waited = FitResult(model), -math.inf, None, 0
