@@ -50,7 +50,7 @@ class ModelSpec:
     revin: bool = False  # instance-normalise the value channel (RevIN) for forecasting
     patch_len: int = 0  # > 0: tokens are patches of the value channel (forecast-only models)
     linear_head: bool = False  # add a linear lookback -> horizon map to the forecast head
-    linear_input: str = "norm"  # what the linear map reads: "norm" (after RevIN) or "raw"
+    linear_input: str = "norm"  # what the linear map reads: "norm" (after RevIN, if any) or "raw"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,8 +69,6 @@ class ModelSpec:
             raise ValueError("linear_head needs a forecast head (horizon > 0)")
         if self.linear_input not in LINEAR_INPUTS:
             raise ValueError(f"linear_input must be one of {LINEAR_INPUTS}, got {self.linear_input!r}")
-        if self.linear_head and self.linear_input == "norm" and not self.revin:
-            raise ValueError(f"linear_input {self.linear_input!r} reads the RevIN-normalised lookback: needs revin")
 
 
 @keras.saving.register_keras_serializable("seqcast")
