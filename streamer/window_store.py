@@ -1,25 +1,33 @@
 """Per-user event windows in Redis: one Lua call per event, one pipeline (round trip) per batch.
 
 Layout, for user U (the `{U}` hash tag puts both keys in one Redis Cluster slot):
-  {prefix}:{U}:w  ZSET  member = event_id, score = ts    -> order by (ts, event_id)
-  {prefix}:{U}:e  HASH  event_id -> payload (below)
+  {prefix}:{U}:win  ZSET  member = event_id, score = ts    -> order by (ts, event_id)
+  {prefix}:{U}:ev   HASH  event_id -> payload (below); field "" -> the user's arrival counter
 
 The script inserts with ZADD NX (an event_id already present changes nothing:
-replays are idempotent), trims to the `keep` greatest (ts, event_id) entries,
-refreshes the TTL and returns the window AS OF the event: the `window_len`
-entries at or before it in (ts, event_id) order, oldest first. The kept set is
-"the newest `keep` of everything ever inserted", whatever the arrival order,
-so replays and crashes converge to the same state. `keep` = window_len +
-slack: the slack lets an event re-processed after a crash see the same
-window again even though newer events were stored before the crash. An event
-older than everything kept (very late) gets a window of itself alone.
+replays are idempotent), numbers each new event with the user's arrival
+counter, trims to the `keep` greatest (ts, event_id) entries, refreshes the
+TTL and returns the window AS OF the event: the `window_len` entries at or
+before it in (ts, event_id) order *that had arrived by the time it did*
+(arrival number <= its own), oldest first. Without the arrival rule, an event
+re-read after a crash would see events that arrived after it but sort before
+it (a late event, a timestamp tie) and its second prediction would differ from
+its first. The kept set is "the newest `keep` of everything ever inserted",
+whatever the arrival order, so replays and crashes converge to the same
+state. `keep` = window_len + slack: the slack lets an event re-processed
+after a crash see the same window again even though newer events were stored
+before the crash. An event older than everything kept (very late) gets a
+window of itself alone.
 
-Payloads are binary ("<ts float64><value float64><item utf-8>", value NaN =
-none, item empty = none) and the window comes back as ONE string per event,
-b"<n>:<n ts><n values><items joined by newlines>", so Python decodes it with
-two `np.frombuffer` and one `split` instead of parsing ~L entries (the client
-must use decode_responses=False). Items are stored raw (the vocabulary
-differs per model version); a newline or backslash inside an id is escaped.
+Payloads are binary ("<ts float64><value float64><arrival float64><item
+utf-8>", value NaN = none, item empty = none) and the window comes back as ONE
+string per event, b"<n>:<n ts><n values><items joined by newlines>", so
+Python decodes it with two `np.frombuffer` and one `split` instead of parsing
+~L entries (the client must use decode_responses=False). Items are stored raw
+(the vocabulary differs per model version); a newline or backslash inside an
+id is escaped. Layout version 2 (the arrival number) uses new key suffixes
+(`win`, `ev`; version 1 used `w`, `e`), so an old payload is never misread:
+windows start empty after the upgrade and the old keys expire with their TTL.
 """
 from __future__ import annotations
 
@@ -38,8 +46,11 @@ SCRIPT = """
 local zkey, hkey, id, payload = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
 local keep, window, ttl = {keep}, {window}, {ttl}
 local ts = string.format('%.17g', struct.unpack('<d', payload))
+local stored, arrival
 if redis.call('ZADD', zkey, 'NX', ts, id) == 1 then
-  redis.call('HSET', hkey, id, payload)
+  arrival = redis.call('HINCRBY', hkey, '', 1)
+  stored = string.sub(payload, 1, 16) .. struct.pack('<d', arrival) .. string.sub(payload, 17)
+  redis.call('HSET', hkey, id, stored)
   local excess = redis.call('ZCARD', zkey) - keep
   while excess > 0 do
     local n = math.min(excess, 1000)
@@ -48,28 +59,41 @@ if redis.call('ZADD', zkey, 'NX', ts, id) == 1 then
     redis.call('HDEL', hkey, unpack(old))
     excess = excess - n
   end
+else
+  stored = redis.call('HGET', hkey, id)
+  if stored then arrival = struct.unpack('<d', stored, 17) end
 end
 if ttl > 0 then
   redis.call('EXPIRE', zkey, ttl)
   redis.call('EXPIRE', hkey, ttl)
 end
 local rank = redis.call('ZRANK', zkey, id)
-local payloads = {{payload}}
-if rank then
-  local ids = redis.call('ZRANGE', zkey, math.max(0, rank - window + 1), rank)
-  payloads = redis.call('HMGET', hkey, unpack(ids))
+local newest_first = {{}}
+if rank and arrival then
+  local hi = rank
+  while #newest_first < window and hi >= 0 do
+    local lo = math.max(0, hi - (window - #newest_first) + 1)
+    local found = redis.call('HMGET', hkey, unpack(redis.call('ZRANGE', zkey, lo, hi)))
+    for i = #found, 1, -1 do
+      local p = found[i]
+      if p and struct.unpack('<d', p, 17) <= arrival then newest_first[#newest_first + 1] = p end
+    end
+    hi = lo - 1
+  end
+else
+  newest_first[1] = stored or (string.sub(payload, 1, 16) .. struct.pack('<d', 0) .. string.sub(payload, 17))
 end
 local times, values, items = {{}}, {{}}, {{}}
-for _, p in ipairs(payloads) do
-  if p then
-    times[#times + 1] = string.sub(p, 1, 8)
-    values[#values + 1] = string.sub(p, 9, 16)
-    items[#items + 1] = string.sub(p, 17)
-  end
+for i = #newest_first, 1, -1 do
+  local p = newest_first[i]
+  times[#times + 1] = string.sub(p, 1, 8)
+  values[#values + 1] = string.sub(p, 9, 16)
+  items[#items + 1] = string.sub(p, 25)
 end
 return #times .. ':' .. table.concat(times) .. table.concat(values) .. table.concat(items, '\\n')
 """
 
+ARRIVAL_END = 24  # payload bytes 16..24 hold the arrival number; the item starts after
 _UNESCAPE = re.compile(r"\\(.)", re.S)
 _PACK = struct.Struct("<dd").pack
 _NAN = float("nan")
@@ -141,7 +165,7 @@ class WindowStore:
 
     def keys(self, user_id: str) -> tuple[str, str]:
         base = f"{self.prefix}:{{{user_id}}}"
-        return f"{base}:w", f"{base}:e"
+        return f"{base}:win", f"{base}:ev"
 
     def append_and_read(self, events: Sequence[Event]) -> list[Window]:
         if not events:
@@ -168,7 +192,12 @@ class WindowStore:
         ids = self.client.zrange(zkey, -self.window_len, -1)
         rows = [p for p in (self.client.hmget(hkey, ids) if ids else []) if p is not None]
         ts, values = (np.array([struct.unpack("<dd", r[:16])[i] for r in rows]) for i in (0, 1))
-        return Window(ts, [_unescape(r[16:].decode()) or None for r in rows], values)
+        return Window(ts, [_unescape(r[ARRIVAL_END:].decode()) or None for r in rows], values)
+
+    def stored(self, user_id: str) -> dict[str, bytes]:
+        """event_id -> stored payload, without the arrival counter (consistency checks compare these)."""
+        raw = self.client.hgetall(self.keys(user_id)[1])
+        return {k.decode(): v for k, v in raw.items() if k != b""}
 
     def event_ids(self, user_id: str) -> list[str]:
         """Every kept event id of a user, in window order (tests: no event stored twice)."""

@@ -52,7 +52,7 @@ def test_equal_timestamps_order_by_event_id(store):
 def test_trim_keeps_the_newest_and_deletes_payloads(store, redis_client):
     store.append_and_read([ev(i, 100.0 + i) for i in range(10)])
     assert store.event_ids("u1") == ["e0006", "e0007", "e0008", "e0009"]
-    assert sorted(redis_client.hkeys(store.keys("u1")[1])) == [b"e0006", b"e0007", b"e0008", b"e0009"]
+    assert sorted(store.stored("u1")) == ["e0006", "e0007", "e0008", "e0009"]
 
 
 def test_a_very_late_event_gets_a_window_of_itself(store):
@@ -81,6 +81,30 @@ def test_slack_makes_a_reprocessed_event_see_its_original_window(redis_client, k
     first = store.append_and_read(events)
     replay = store.append_and_read(events[3:])  # a crash after e5 was stored, before e3's offset was committed
     assert [w.items for w in replay] == [w.items for w in first[3:]]
+
+
+@pytest.mark.parametrize("late", [ev(9, 150.0, item="late"), Event("a0", "u1", 200.0, "tie", 1.0)])
+def test_a_reprocessed_event_does_not_see_what_arrived_after_it(store, late):
+    """Issue 10 #5: a1 (ts 100), a2 (ts 200), then x (ts 150, or a tie at ts 200 with a smaller id) arrives;
+    re-reading a2 after a crash must give a2's first window, not one that includes x."""
+    a1, a2 = Event("a1", "u1", 100.0, "i1", 1.0), Event("a2", "u1", 200.0, "i2", 2.0)
+    first = store.append_and_read([a1, a2])
+    store.append_and_read([late])
+    again = store.append_and_read([a2])
+    assert again[0].items == first[1].items == ["i1", "i2"]
+    assert again[0].ts.tolist() == first[1].ts.tolist()
+    assert store.read("u1").items.count(late.item_id) == 1  # x is stored and in later windows
+
+
+def test_the_arrival_rule_reaches_past_later_arrivals_to_fill_the_window(redis_client, key_prefix):
+    store = WindowStore(redis_client, key_prefix, window_len=3, ttl_seconds=60, slack=5)
+    early = [ev(i, 100.0 + 10 * i) for i in range(4)]  # ts 100..130
+    anchor = ev(50, 200.0, item="anchor")
+    first = store.append_and_read(early + [anchor])[-1]
+    store.append_and_read([ev(60, 150.0, item="x1"), ev(61, 160.0, item="x2")])  # later, but sort before it
+    (again,) = store.append_and_read([anchor])
+    assert first.items == again.items == ["i2", "i3", "anchor"]
+    assert store.append_and_read([ev(70, 300.0, item="new")])[0].items == ["x2", "anchor", "new"]
 
 
 def test_ttl_is_refreshed_on_both_keys(store, redis_client):
