@@ -19,7 +19,8 @@ import redis
 
 from conftest import REDIS_URL, ROOT
 from streamer.events import Event
-from training.demo_procs import DEMO_RUN_ENV
+from training.demo import SHUTDOWN_BUDGET_S, SHUTDOWN_PROMISE_S
+from training.demo_procs import DEMO_RUN_ENV, KILL_WAIT_S, Children
 from training.demo_score import OnlineScore, metric_samples, next_events, service_live
 
 USERS, EVENTS, BAD = 120, 3000, 5
@@ -125,6 +126,31 @@ def test_service_live_accuracy_is_read_from_metrics_when_exported():
     assert service_live(metric_samples("# TYPE other counter\nother_total 1\n")) is None
 
 
+def test_a_child_that_ignores_sigterm_is_killed_after_its_grace_period_with_its_own_children(tmp_path):
+    """The bound behind the Ctrl-C promise: a stop takes grace + KILL_WAIT_S at most, whatever the child does."""
+    ignore_term = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+    spawn = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {ignore_term!r}]); {ignore_term}"
+    children = Children("t" + os.urandom(4).hex(), tmp_path / "pids")
+    try:
+        children.start("stubborn", [sys.executable, "-c", spawn], tmp_path / "stubborn.log", graceful_s=0.5)
+        run_id, _ = started(tmp_path / "pids")
+        deadline = time.monotonic() + 30
+        while len(marked(run_id)) < 2:  # the child and its grandchild, both ignoring SIGTERM
+            assert time.monotonic() < deadline, marked(run_id)
+            time.sleep(0.1)
+        began = time.monotonic()
+        children.stop_all()
+        took = time.monotonic() - began
+    finally:
+        children.kill_all()
+    assert took <= 0.5 + KILL_WAIT_S + 1.0  # + 1 s for a busy scheduler
+    assert_no_survivors(tmp_path / "pids")
+
+
+def test_the_shutdown_budget_leaves_room_in_the_promise_for_the_interpreter_exit():
+    assert SHUTDOWN_BUDGET_S + 5 <= SHUTDOWN_PROMISE_S
+
+
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_leaves_nothing_behind(models_dir, tmp_path):
     argv = demo_argv(models_dir, tmp_path, "--events", str(EVENTS), "--bad-events", str(BAD), "--redis", "embedded")
@@ -157,11 +183,18 @@ def test_demo_ctrl_c_stops_everything(models_dir, tmp_path):
                 time.sleep(0.2)
             time.sleep(2)  # mid-stream: the service has windows in Redis, the feed is sending
             proc.send_signal(signal.SIGINT)
-            code = proc.wait(timeout=60)
+            interrupted = time.monotonic()
+            # Exiting within SHUTDOWN_PROMISE_S of Ctrl-C is a promise of the demo (its --help says so), kept
+            # by per-step deadlines rather than by luck, so the assert below holds on a loaded machine too.
+            # The wait goes well past it, so that a miss fails on that assert, with the time it took.
+            code = proc.wait(timeout=SHUTDOWN_PROMISE_S + 60)
+            took = time.monotonic() - interrupted
         finally:
             if proc.poll() is None:
                 proc.kill()
     out = log_path.read_text(errors="replace")
+    print(f"Ctrl-C to exit: {took:.1f} s")
+    assert took <= SHUTDOWN_PROMISE_S, f"Ctrl-C took {took:.1f} s:\n{out[-3000:]}"
     assert code == 130, out[-3000:]
     assert "interrupted" in out and "summary" not in out
     pids = assert_no_survivors(tmp_path / "pids")

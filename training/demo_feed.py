@@ -3,7 +3,11 @@
 `Feed` is a thread that replays the events (`streamer.replay.replay`, so the
 same code path as `seqcast replay`) in segments, with one malformed message
 between segments, so the DLQ path is exercised spread across the run; it
-stops at the next event once `stop` is set. `replay_events` builds the
+stops at the next event once `stop` is set, and then skips the flushes (after
+a stop nobody reads the events topic any more; a flush waits up to 30 s when
+the broker is slow) and closes its producer, which waits at most 5 s. The
+thread is a daemon, so one stuck in a flush that began before the stop cannot
+hold the demo's exit. `replay_events` builds the
 replay: a fresh synthetic log (training seed + 1, same users and catalogue),
 in stream order, so the model is scored on data it never saw.
 """
@@ -14,6 +18,10 @@ import math
 import threading
 import time
 from collections import Counter
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where used: the demo's --help must not load Kafka
+    from streamer.transport import Producer
 
 MALFORMED = (  # one per DLQ reason the demo shows; --bad-events N cycles through them
     b'{"event_id": "bad-1", "user_id": "u1", "ts": ',
@@ -40,28 +48,52 @@ class Feed(threading.Thread):
         from streamer.transport import Producer
 
         producer = Producer(self.bootstrap)
+        sink = UntilStopped(producer, self.stop)
         try:
             self.started_at = time.monotonic()
             cuts = [len(self.events) * (k + 1) // (self.bad + 1) for k in range(self.bad)] + [len(self.events)]
             start = 0
             for k, cut in enumerate(cuts):
                 segment = self._until_stopped(self.events[start:cut])
-                self.valid_sent += replay(segment, producer, self.topic, self.rate)
+                self.valid_sent += replay(segment, sink, self.topic, self.rate)
                 start = cut
                 if k < self.bad and not self.stop.is_set():
-                    producer.send(self.topic, MALFORMED[k % len(MALFORMED)], b"malformed")
+                    sink.send(self.topic, MALFORMED[k % len(MALFORMED)], b"malformed")
                     self.malformed_sent += 1
-            producer.flush()
+            sink.flush()
         except BaseException as err:  # reported by the main thread
             self.error = err
         finally:
-            producer.close()
+            _close_quietly(producer)
 
     def _until_stopped(self, events):
         for event in events:
             if self.stop.is_set():
                 return
             yield event
+
+
+class UntilStopped:
+    """The feed's producer as `replay` sees it: flushes are skipped once `stop` is set, so a Ctrl-C
+    does not wait for acknowledgements of events that no one will read."""
+
+    def __init__(self, producer: Producer, stop: threading.Event) -> None:
+        self.producer, self.stop = producer, stop
+
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None) -> None:
+        self.producer.send(topic, value, key)
+
+    def flush(self) -> int:
+        return 0 if self.stop.is_set() else self.producer.flush()
+
+
+def _close_quietly(producer: Producer) -> None:
+    """Close the producer, which waits at most 5 s for what is still in flight. A failure here is not
+    worth a word: either the feed was stopped (nobody reads the rest) or `Feed.error` already says it."""
+    try:
+        producer.close()
+    except Exception:  # kafka-python raises KafkaTimeoutError when the broker did not answer in time
+        pass
 
 
 def replay_events(args: argparse.Namespace) -> list:

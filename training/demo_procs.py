@@ -4,6 +4,8 @@ Every child (Tansu, redis-server, `python -m streamer serve`) is started
   - in its own session, so a terminal Ctrl-C reaches only the demo, which then
     stops the children in order: the service first (SIGTERM: it finishes its
     batch, flushes and commits while the broker is still up), then the rest;
+    every stop is bounded: SIGTERM to the child's process group, its grace
+    period, then SIGKILL, and at most KILL_WAIT_S more for the kill to land;
   - with PR_SET_PDEATHSIG=SIGKILL (Linux), so even a SIGKILLed demo takes its
     children with it;
   - with DEMO_RUN_ENV=<run id> in its environment and its pid in the pid file,
@@ -24,6 +26,8 @@ from streamer.embedded import redis_server_binary, tansu_command, wait_for_port
 
 DEMO_RUN_ENV = "SC_DEMO_RUN"  # not SEQCAST_*: the service's settings reject unknown SEQCAST_ names
 PR_SET_PDEATHSIG = 1
+SIDECAR_GRACE_S = 2.0  # Tansu and redis-server keep nothing the demo needs: SIGTERM, then SIGKILL soon
+KILL_WAIT_S = 1.0  # after SIGKILL; a process that is still there is left to PR_SET_PDEATHSIG
 
 
 def redis_answers(url: str) -> bool:
@@ -75,7 +79,7 @@ class Children:
             pid_file.write_text(f"run {run_id}\n")
 
     def start(self, name: str, argv: list[str], log: Path, env: dict[str, str] | None = None,
-              graceful_s: float = 5.0) -> subprocess.Popen:
+              graceful_s: float = SIDECAR_GRACE_S) -> subprocess.Popen:
         """Start `argv` with stdout and stderr appended to `log`."""
         env = dict(os.environ if env is None else env, **{DEMO_RUN_ENV: self.run_id})
         with open(log, "ab") as out:
@@ -104,7 +108,8 @@ class Children:
         return next((c.proc for c in self.started if c.name == name), None)
 
     def stop(self, name: str) -> int | None:
-        """Stop one child (SIGTERM, then SIGKILL after its grace period); its exit code."""
+        """Stop one child (SIGTERM, then SIGKILL after its grace period); its exit code (None: not started,
+        or it outlived even SIGKILL's wait)."""
         for child in [c for c in self.started if c.name == name]:
             code = _stop(child)
             self.started.remove(child)
@@ -118,18 +123,44 @@ class Children:
                 _stop(self.started[-1])
                 self.started.pop()
         except KeyboardInterrupt:
-            for child in self.started:
-                child.proc.kill()
-                child.proc.wait()
-            self.started.clear()
+            self.kill_all()
+
+    def kill_all(self) -> None:
+        """SIGKILL every child still running, all at once (no grace periods: the user asked twice)."""
+        for child in self.started:
+            _signal(child.proc, signal.SIGKILL)
+        for child in self.started:
+            _reap(child.proc, KILL_WAIT_S)
+        self.started.clear()
 
 
-def _stop(child: Child) -> int:
+def _stop(child: Child) -> int | None:
+    """SIGTERM, up to `graceful_s` for a clean exit, then SIGKILL: at most graceful_s + KILL_WAIT_S."""
     proc = child.proc
     if proc.poll() is None:
-        proc.terminate()
+        _signal(proc, signal.SIGTERM)
         try:
             return proc.wait(timeout=child.graceful_s)
         except subprocess.TimeoutExpired:
-            proc.kill()
-    return proc.wait()
+            _signal(proc, signal.SIGKILL)
+    return _reap(proc, KILL_WAIT_S)
+
+
+def _signal(proc: subprocess.Popen, sig: int) -> None:
+    """Signal the child's whole process group (it leads its own session), so a grandchild goes too.
+
+    Only while the child is unreaped: until then its pid, and so its group id, cannot be reused."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        proc.send_signal(sig)
+
+
+def _reap(proc: subprocess.Popen, timeout_s: float) -> int | None:
+    """The exit code, waiting at most timeout_s; None if the process is somehow still there."""
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None
