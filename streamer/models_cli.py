@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 from streamer.settings import Settings, SettingsError
@@ -30,7 +31,8 @@ def add_command(subparsers) -> None:
     p.add_argument("--key-prefix", help="default: SEQCAST_KEY_PREFIX or sc")
     p.add_argument("--models-dir", help="default: SEQCAST_MODELS_DIR or models")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    actions.add_parser("list", help="bundles, their roles, offline metrics and live accuracy per arm")
+    actions.add_parser("list", help="bundles, their roles, offline metrics, live accuracy per arm, and what each "
+                       "running service actually serves")
     promote = actions.add_parser("promote", help="make REF the active version (the old one goes on the history)")
     promote.add_argument("ref", metavar="REF")
     canary = actions.add_parser("canary", help="send a stable PERCENT of users to REF (or --off)")
@@ -119,29 +121,105 @@ def _live(client, prefix: str, version: str) -> str:
     return "; ".join(out) or "-"
 
 
-def list_models(client, settings: Settings, registry) -> str:
-    """A table of every bundle under models_dir plus any registry ref outside it."""
-    wanted = registry.read()
-    roles = {}
-    for ref, role in ((wanted.active, "active"), (wanted.canary, f"canary {wanted.canary_percent:g}%"),
-                      (wanted.shadow, "shadow")):
+ROLE_ARMS = {"active": "primary", "canary": "canary", "shadow": "shadow"}  # registry role -> served arm
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _registry_roles(wanted) -> dict[str, list[tuple[str, str]]]:
+    """ref -> [(role, label)] as the registry names them, e.g. ("canary", "canary 20%")."""
+    roles: dict[str, list[tuple[str, str]]] = {}
+    for ref, role, label in ((wanted.active, "active", "active"),
+                             (wanted.canary, "canary", f"canary {wanted.canary_percent:g}%"),
+                             (wanted.shadow, "shadow", "shadow")):
         if ref:
-            roles.setdefault(ref, []).append(role)
+            roles.setdefault(ref, []).append((role, label))
+    return roles
+
+
+def _not_served_why(missing: list) -> str:
+    """Why these live instances do not serve a ref: their refusal (first one's reason) or not applied yet."""
+    from streamer.served import short_error
+
+    refused = [e for e in missing if e.refused]
+    why = [f"refused by {len(refused)}: {short_error(refused[0].refused.get('error', ''))}"] if refused else []
+    if len(missing) > len(refused):
+        why.append(f"{len(missing) - len(refused)} not applied yet")
+    return "; ".join(why)
+
+
+def _role_cell(ref: str, roles: list[tuple[str, str]], live: list) -> str:
+    """The registry's roles for `ref`, each checked against what the live instances serve."""
+    if not live:
+        return f"{', '.join(label for _, label in roles)} (registry; no live instance reports)" if roles else "-"
+    parts, n = [], len(live)
+    for role, label in roles:
+        missing = [e for e in live if not e.serves(ref, ROLE_ARMS[role])]
+        if not missing:
+            parts.append(f"{label} (served by {n}/{n})")
+        else:
+            parts.append(f"{label} (registry) — NOT served by {len(missing)}/{n} live instances: "
+                         f"{_not_served_why(missing)}")
+    named_arms = {ROLE_ARMS[role] for role, _ in roles}
+    for arm in ROLE_ARMS.values():
+        count = sum(e.serves(ref, arm) for e in live)
+        if arm not in named_arms and count:
+            parts.append(f"served as {arm} by {count}/{n} (not its registry role)")
+    return _cell("; ".join(parts) or "-")
+
+
+def _instances(live: list, stale: list, epoch: int) -> list[str]:
+    """What each live instance serves, by heartbeat; stale ones only by name."""
+    now = time.time()
+    if not live:
+        lines = [f"\nlive instances: none report (registry epoch {epoch}); the roles above are what the registry "
+                 "asks for, not what serves"]
+    else:
+        lines = [f"\nlive instances: {len(live)} (registry epoch {epoch})",
+                 "| instance | serves | epoch applied | refused | heartbeat |", "|---|---|---|---|---|"]
+    for e in live:
+        serves = "; ".join(f"{arm} {a.get('ref')} ({a.get('version')})" for arm, a in sorted(e.arms.items()))
+        if "canary" in e.arms:
+            serves += f"; canary {e.canary_percent:g}%"
+        refused = f"epoch {e.refused.get('epoch')} {e.refused.get('ref')}: {e.refused.get('error')}" \
+            if e.refused else "-"
+        applied = "--bundle" if e.epoch is None else e.epoch
+        cells = (e.instance, serves or "-", str(applied), refused, f"{e.age(now):.1f} s ago")
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    if stale:
+        lines.append("stale instances (ignored, no recent heartbeat): "
+                     + ", ".join(f"{e.instance} ({e.age(now):.0f} s ago)" for e in stale))
+    return lines
+
+
+def _refs(settings: Settings, roles: dict, live: list) -> list[str]:
+    """Every bundle under models_dir, then registry refs and served refs outside it."""
     root = Path(settings.models_dir)
     refs = sorted(str(p.parent.relative_to(root)) for p in root.glob("*/*/manifest.json")) if root.is_dir() else []
-    refs += sorted(r for r in roles if r not in refs)
-    lines = ["| ref | role | arch | L | H | offline test | live accuracy |", "|---|---|---|---|---|---|---|"]
-    from streamer.rollout import resolve
+    served = {a.get("ref") for e in live for a in e.arms.values() if a.get("ref")}
+    return refs + sorted(r for r in set(roles) | served if r not in refs)
 
-    for ref in refs:
+
+def list_models(client, settings: Settings, registry) -> str:
+    """A table of every bundle with the registry's roles checked against the live instances' heartbeats."""
+    from streamer.rollout import resolve
+    from streamer.served import read_served
+
+    roles = _registry_roles(registry.read())
+    live, stale = read_served(client, settings.key_prefix)
+    lines = ["| ref | role | arch | L | H | offline test | live accuracy |", "|---|---|---|---|---|---|---|"]
+    for ref in _refs(settings, roles, live):
         try:
             manifest = json.loads((resolve(settings.models_dir, ref) / "manifest.json").read_text())
         except (OSError, ValueError):
             manifest = {}
         version = manifest.get("version", Path(ref).name)
-        lines.append(f"| {ref} | {', '.join(roles.get(ref, [])) or '-'} | {manifest.get('arch', '?')} | "
+        lines.append(f"| {ref} | {_role_cell(ref, roles.get(ref, []), live)} | {manifest.get('arch', '?')} | "
                      f"{manifest.get('window', '?')} | {manifest.get('horizon', '?')} | "
                      f"{_headline(manifest.get('metrics', {}))} | {_live(client, settings.key_prefix, version)} |")
     history = registry.history()
     lines.append(f"\nhistory (newest first): {', '.join(history) if history else '-'}")
+    lines += _instances(live, stale, registry.epoch())
     return "\n".join(lines)

@@ -8,6 +8,9 @@ relative to the models directory):
 - `sc:model:shadow`  a version scored on live traffic whose predictions are not emitted, optional
 - `sc:model:history` list of previously active refs, newest first (for rollback)
 - `sc:model:epoch`   incremented on every change; services poll this one key
+- `sc:model:served`  hash written by the services, not the CLI: what each instance
+                     actually serves (a refused bundle is named above but served by
+                     nobody); see `streamer.served`
 
 The CLI writes, the services read: a service polls `epoch` every second or
 so and re-reads the three role keys only when it moved. Each key is read

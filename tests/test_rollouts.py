@@ -7,7 +7,9 @@ Every test drives the registry the way an operator does (the `seqcast models` CL
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -19,11 +21,15 @@ import pytest
 from deploy_checks import assert_dashboard_matches_scrape
 from stream_helpers import (assert_matches, covers, metric_value, offline_predictions, predictions_by_id,
                             read_until, replay_in_background)
+import redis
+
 from streamer.bundle import load_bundle
+from streamer.embedded import free_port
 from streamer.events import Event
 from streamer.live_accuracy import read_totals
 from streamer.registry import Registry, on_canary
 from streamer.replay import replay
+from streamer.served import Heartbeat, read_served, served_key
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,3 +221,85 @@ def test_live_accuracy_equals_offline(broker, topics, producer, consumer_factory
     text = service.get("/metrics")[1]
     assert metric_value(text, "seqcast_live_abs_error_total", model_version=version,
                         arm="primary") == pytest.approx(want["abs_error"], rel=1e-6)
+
+
+def table_rows(text: str) -> dict[str, list[str]]:
+    """Markdown table rows of `seqcast models list`, keyed by their first cell (a ref or an instance id)."""
+    rows = {}
+    for line in text.splitlines():
+        if line.startswith("| "):
+            cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+            rows[cells[0]] = cells
+    return rows
+
+
+def tamper(bundle_dir: Path, to: Path) -> Path:
+    shutil.copytree(bundle_dir, to)
+    with open(to / "model.onnx", "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"\x00tampered\x00")
+    return to
+
+
+def test_models_list_shows_a_refused_bundle_as_not_served(topics, service_factory, registry, redis_client,
+                                                          key_prefix, bundle_dir, tmp_path):
+    service = service_factory(assign_all_partitions=True, registry_poll_ms=100, **topics)
+    service.wait_ready()
+    old_ref, version = registry.read().active, load_bundle(bundle_dir).manifest.version
+    (instance,) = [line["instance"] for line in service.logs() if line.get("msg") == "model registry watcher started"]
+    bad_ref = str(tamper(bundle_dir, tmp_path / "tampered").resolve())
+    assert models_cli(key_prefix, "promote", "--no-verify", bad_ref).returncode == 0
+    wait_for(lambda: metric_value(service.get("/metrics")[1], "seqcast_model_load_failures_total") == 1,
+             what="the refusal")
+    wait_for(lambda: any(e.refused for e in read_served(redis_client, key_prefix)[0]), what="the refusal's heartbeat")
+    listing = models_cli(key_prefix, "list")
+    assert listing.returncode == 0, listing.stderr
+    rows = table_rows(listing.stdout)
+    assert rows[bad_ref][1].startswith("active (registry) — NOT served by 1/1 live instances: refused by 1: ")
+    assert "sha256" in rows[bad_ref][1] and "model.onnx" in rows[bad_ref][1]
+    assert rows[old_ref][1] == "served as primary by 1/1 (not its registry role)"
+    _, serves, applied, refused, age = rows[instance]
+    assert serves == f"primary {old_ref} ({version})" and applied == "1" and age.endswith("s ago")
+    assert refused.startswith(f"epoch 2 {bad_ref}: ") and "sha256" in refused
+    assert "live instances: 1 (registry epoch 2)" in listing.stdout
+
+    assert models_cli(key_prefix, "rollback").returncode == 0  # back to what never stopped serving
+    wait_for(lambda: not any(e.refused for e in read_served(redis_client, key_prefix)[0]), what="the refusal to clear")
+    rows = table_rows(models_cli(key_prefix, "list").stdout)
+    assert rows[old_ref][1] == "active (served by 1/1)" and rows[instance][3] == "-"
+
+    service.signal(signal.SIGTERM)
+    assert service.wait() == 0
+    assert redis_client.hgetall(served_key(key_prefix)) == {}  # a cleanly stopped service serves nothing
+    listing = models_cli(key_prefix, "list").stdout
+    assert table_rows(listing)[old_ref][1] == "active (registry; no live instance reports)"
+    assert "live instances: none report" in listing
+
+
+def entry(instance: str, age_s: float, interval_s: float = 1.0) -> str:
+    return json.dumps({"instance": instance, "host": "h", "pid": 1, "updated_at": time.time() - age_s,
+                       "interval_s": interval_s, "epoch": 3, "arms": {"primary": {"ref": "m/v1", "version": "v1"}},
+                       "canary_percent": 0.0, "refused": None})
+
+
+def test_stale_heartbeats_are_ignored_and_old_ones_pruned(redis_client, key_prefix):
+    beat = Heartbeat(redis_client, key_prefix, interval_s=1.0, instance="fresh")
+    assert beat.beat(3, {"primary": {"ref": "m/v1", "version": "v1"}}, 0.0, None)
+    redis_client.hset(served_key(key_prefix), mapping={
+        "stale": entry("stale", 60),  # past 15 s: ignored, kept a while for the listing
+        "slow": entry("slow", 60, interval_s=30),  # a 30 s heartbeat is live for 90 s
+        "dead": entry("dead", 3600),  # long gone (SIGKILL): pruned
+        "junk": "not json"})
+    live, stale = read_served(redis_client, key_prefix)
+    assert sorted(e.instance for e in live) == ["fresh", "slow"] and [e.instance for e in stale] == ["stale"]
+    assert sorted(redis_client.hkeys(served_key(key_prefix))) == [b"fresh", b"slow", b"stale"]
+    assert beat.clear() and sorted(redis_client.hkeys(served_key(key_prefix))) == [b"slow", b"stale"]
+
+
+def test_heartbeat_survives_redis_down_and_warns_once(caplog):
+    down = redis.Redis(port=free_port(), socket_connect_timeout=0.2, socket_timeout=0.2)
+    beat = Heartbeat(down, "x", interval_s=1.0)
+    with caplog.at_level(logging.WARNING, logger="streamer.served"):
+        assert not beat.beat(1, {}, 0.0, None) and not beat.beat(1, {}, 0.0, None) and not beat.clear()
+    assert [r.getMessage() for r in caplog.records] == ["served heartbeat failed; retrying quietly"]
+    assert beat.due()  # nothing written: the next poll tries again
