@@ -2,7 +2,11 @@
 
 Start-up order follows what can fail cheaply first: the bundle (checksums,
 warm-up), Redis (script load), the output topics, then the consumer (the slow
-group join). Exit codes: 0 after a graceful stop, 1 after an error (nothing
+group join). A dependency that is down at start-up is waited for (with
+backoff, /healthz not ready, SIGTERM still honoured) rather than treated as
+fatal: exiting would only turn an outage into a crash loop. A configuration
+that cannot work (a bad bundle, a bad setting, a refused authorisation)
+fails at once. Exit codes: 0 after a graceful stop, 1 after an error (nothing
 of the failed batch was committed; a supervisor restarts the process and the
 records are read again).
 """
@@ -23,17 +27,41 @@ from streamer.metrics import Metrics
 from streamer.predict import Models
 from streamer.registry import Registry
 from streamer.rollout import ModelManager, ref_for
+from streamer.outages import Backoff, redis_unavailable, sleep_unless
 from streamer.service import Service
 from streamer.settings import Settings, SettingsError
-from streamer.transport import Consumer, Producer, create_topics, partition_count
+from streamer.transport import Consumer, Producer, broker_unavailable, create_topics, partition_count
 from streamer.window_store import WindowStore
 
 log = logging.getLogger("streamer.app")
 
 
-def redis_client(settings: Settings):
+class Stopped(Exception):
+    """SIGTERM/SIGINT arrived while start-up was waiting for a dependency."""
+
+
+def wait_until_up(what: str, step, stop) -> object:
+    """`step()`, retried with backoff while it fails because Redis or the broker is unavailable."""
+    backoff = Backoff(0.5, 10.0)
+    while True:
+        if stop():
+            raise Stopped(what)
+        try:
+            return step()
+        except Exception as err:
+            if not (redis_unavailable(err) or broker_unavailable(err)):
+                raise
+            delay = backoff.next()
+            if backoff.failures == 1 or backoff.failures % 10 == 0:
+                log_event(log, f"waiting for {what}", logging.WARNING, error=repr(err)[:300],
+                          attempts=backoff.failures, retry_in_s=delay)
+            sleep_unless(stop, delay)
+
+
+def redis_client(settings: Settings, timeout_s: float = 10.0):
     """A binary-safe client for `redis_url` (RedisCluster when redis_cluster is set)."""
-    options = {"socket_timeout": 10, "socket_connect_timeout": 3, "health_check_interval": 30}
+    options = {"socket_timeout": timeout_s, "socket_connect_timeout": min(3.0, timeout_s),
+               "health_check_interval": 30}
     if settings.redis_cluster:
         return redis.RedisCluster.from_url(settings.redis_url, **options)
     return redis.Redis.from_url(settings.redis_url, **options)
@@ -55,13 +83,13 @@ def load_models(settings: Settings, metrics: Metrics) -> Models | None:
     return Models.single(bundle, settings.top_k)
 
 
-def start_models(settings: Settings, client, metrics: Metrics) -> tuple[Models, ModelManager | None]:
+def start_models(settings: Settings, client, metrics: Metrics,
+                 fallback: Models | None) -> tuple[Models, ModelManager | None]:
     """Models to serve first, and the registry watcher (None when registry_poll_ms is 0).
 
     An empty registry is seeded with the configured bundle (SET NX semantics via promote only
     when nothing is active), so `seqcast models list` always shows what serves.
     """
-    fallback = load_models(settings, metrics)
     if not settings.registry_poll_ms:
         return fallback, None
     registry = Registry(client, settings.key_prefix)
@@ -93,23 +121,29 @@ def serve(settings: Settings) -> int:
     http = serve_http(settings.metrics_host, settings.metrics_port, registry, health) if settings.metrics_port else None
     consumer = producer = manager = None
     try:
+        fallback = load_models(settings, metrics)  # a bad bundle fails now, before any waiting
         client = redis_client(settings)
-        health.redis_client = client
-        models, manager = start_models(settings, client, metrics)
+        health.redis_client = redis_client(settings, timeout_s=1.0)  # /healthz must answer quickly
+        up = lambda what, step: wait_until_up(what, step, stop.is_set)
+        models, manager = up("redis", lambda: start_models(settings, client, metrics, fallback))
         health.model_loaded = True
-        store = WindowStore(client, settings.key_prefix, settings.window_len or models.window_len,
-                            settings.window_ttl_seconds, settings.window_slack)
-        ensure_output_topics(settings)
-        producer = Producer(settings.bootstrap_servers, linger_ms=settings.producer_linger_ms)
-        consumer = Consumer(settings.bootstrap_servers, settings.input_topic, settings.group_id,
-                            assign_all=settings.assign_all_partitions, max_poll_records=settings.max_poll_records,
-                            session_timeout_ms=settings.session_timeout_ms)
+        store = up("redis", lambda: WindowStore(client, settings.key_prefix, settings.window_len or models.window_len,
+                                                settings.window_ttl_seconds, settings.window_slack))
+        live = up("redis", lambda: LiveScorer(client, settings.key_prefix, settings.window_ttl_seconds, metrics)) \
+            if settings.live_accuracy else None
+        up("the broker", lambda: ensure_output_topics(settings))
+        producer = up("the broker", lambda: Producer(settings.bootstrap_servers, linger_ms=settings.producer_linger_ms))
+        consumer = up("the broker", lambda: Consumer(
+            settings.bootstrap_servers, settings.input_topic, settings.group_id,
+            assign_all=settings.assign_all_partitions, max_poll_records=settings.max_poll_records,
+            session_timeout_ms=settings.session_timeout_ms))
         log_event(log, "started", input_topic=settings.input_topic, group_id=settings.group_id,
                   window_len=store.window_len, metrics_port=settings.metrics_port)
-        live = LiveScorer(client, settings.key_prefix, settings.window_ttl_seconds, metrics) \
-            if settings.live_accuracy else None
         Service(settings, consumer, producer, store, models, metrics, health, manager, live).run(stop.is_set)
         log_event(log, "stopped cleanly", reason="signal" if stop.is_set() else "end")
+        return 0
+    except Stopped as waiting_for:
+        log_event(log, "stopped cleanly", reason="signal", waiting_for=str(waiting_for))
         return 0
     except Exception as err:  # log it as one JSON line; the supervisor restarts us
         log.exception("fatal", extra={"fields": {"error": repr(err)}})

@@ -18,7 +18,7 @@ MAX_ID_CHARS = 128
 
 REASONS = (
     "too_large",  # message over 64 KiB
-    "not_utf8",  # bytes are not valid UTF-8
+    "not_utf8",  # bytes are not valid UTF-8, or a string holds a lone surrogate ("\\ud800")
     "not_json",  # not parseable as JSON
     "not_object",  # JSON, but not an object
     "missing_field",  # event_id, user_id or ts absent
@@ -27,6 +27,7 @@ REASONS = (
     "not_finite",  # value or ts is NaN or infinite
     "bad_ts",  # ts is a string that is not ISO-8601
     "no_payload",  # neither item_id nor value
+    "internal_error",  # valid as far as validation goes, but handling it raised (a bug or a model blow-up)
 )
 
 
@@ -72,12 +73,15 @@ def parse_ts(raw: object) -> float:
     if isinstance(raw, str):
         try:
             parsed = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise InvalidEvent("bad_ts", f"ts {raw[:40]!r} is not ISO-8601") from None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
-        return parsed.timestamp()
-    ts = float(raw)
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=timezone.utc)
+            return parsed.timestamp()
+        except (ValueError, OverflowError):  # not ISO-8601, or a date outside what epoch seconds can hold
+            raise InvalidEvent("bad_ts", f"ts {_text(raw, 40)} is not an ISO-8601 time in range") from None
+    try:
+        ts = float(raw)
+    except OverflowError:  # an int too large for a float (loaders pass Python ints through)
+        raise InvalidEvent("not_finite", "ts overflows a float") from None
     if not math.isfinite(ts):
         raise InvalidEvent("not_finite", "ts is not finite")
     return ts
@@ -93,7 +97,23 @@ def _id_field(obj: dict, name: str, required: bool) -> str | None:
         raise InvalidEvent("wrong_type", f"{name} must be a string, got {type(raw).__name__}")
     if not 1 <= len(raw) <= MAX_ID_CHARS:
         raise InvalidEvent("bad_id", f"{name} must have 1..{MAX_ID_CHARS} characters, has {len(raw)}")
+    _require_unicode(name, raw)
     return raw
+
+
+def _require_unicode(name: str, text: str) -> None:
+    """Refuse a string with a lone surrogate: JSON can spell one ("\\ud800"), but it cannot be encoded
+    as UTF-8, so it would fail later as a Redis key or a Kafka message key."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise InvalidEvent("not_utf8", f"{name} holds a lone surrogate at character {err.start}") from None
+
+
+def _text(raw: str, limit: int) -> str:
+    """A printable excerpt of untrusted text for a detail message (escapes surrogates, no newlines)."""
+    return ascii(raw[:limit])
 
 
 def _value_field(obj: dict) -> float | None:
@@ -102,7 +122,10 @@ def _value_field(obj: dict) -> float | None:
         return None
     if isinstance(raw, bool) or not isinstance(raw, (int, float)):
         raise InvalidEvent("wrong_type", f"value must be a number, got {type(raw).__name__}")
-    value = float(raw)
+    try:
+        value = float(raw)
+    except OverflowError:
+        raise InvalidEvent("not_finite", "value overflows a float") from None
     if not math.isfinite(value):
         raise InvalidEvent("not_finite", "value is not finite")
     return value
@@ -122,8 +145,10 @@ def event_from_dict(obj: object) -> Event:
     if item_id is None and value is None:
         raise InvalidEvent("no_payload", "an event needs item_id or value (or both)")
     kind = obj.get("type")
-    if kind is not None and not isinstance(kind, str):
-        raise InvalidEvent("wrong_type", f"type must be a string, got {type(kind).__name__}")
+    if kind is not None:
+        if not isinstance(kind, str):
+            raise InvalidEvent("wrong_type", f"type must be a string, got {type(kind).__name__}")
+        _require_unicode("type", kind)
     return Event(event_id, user_id, ts, item_id, value, kind)  # type: ignore[arg-type]
 
 
@@ -142,7 +167,9 @@ def parse_event(raw: bytes | None) -> Event:
     except UnicodeDecodeError as err:
         raise InvalidEvent("not_utf8", f"byte {err.start} is not UTF-8") from None
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        # parse_int=float: a 400-digit integer becomes inf (-> not_finite below) instead of an int that
+        # overflows later, and the 4300-digit limit on int() never applies
+        obj = json.loads(text, parse_constant=_reject_constant, parse_int=float)
     except InvalidEvent:
         raise
     except (ValueError, RecursionError) as err:

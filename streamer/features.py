@@ -28,6 +28,9 @@ ITEM_SCORES = "item_scores"
 FORECAST = "forecast"
 PAD_INDEX = 0
 OOV_INDEX = 1
+# Scaled values are clipped to +-MAX_SCALED: a finite but absurd value (1.5e308 is a valid event) would
+# otherwise become inf in float32 and turn the model's outputs into NaN. No real z-score comes near it.
+MAX_SCALED = 1e6
 RESERVED = ("[PAD]", "[OOV]")
 
 
@@ -84,11 +87,22 @@ class ValueScaler:
         return cls(float(raw["mean"]), float(raw["std"]), per)
 
 
+def scale_values(raw: np.ndarray, mean, std) -> np.ndarray:
+    """z-scored values as the models read them: float64 arithmetic, clipped to +-MAX_SCALED, then
+    float32; NaN (no value) becomes 0. `mean` and `std` broadcast (scalars or per-row arrays)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = np.clip((raw - mean) / std, -MAX_SCALED, MAX_SCALED)
+    return np.where(np.isnan(raw), 0.0, scaled).astype(np.float32)
+
+
 def log_dt(ts: np.ndarray) -> np.ndarray:
-    """log1p of the gap to the previous timestamp (0 for the first; negatives clip to 0)."""
+    """log1p of the gap to the previous timestamp (0 for the first; negatives clip to 0, and a gap
+    too large for a float64, between timestamps near +-1.8e308, to the largest float64)."""
     out = np.zeros(len(ts), dtype=np.float32)
     if len(ts) > 1:
-        out[1:] = np.log1p(np.maximum(np.diff(np.asarray(ts, dtype=np.float64)), 0.0))
+        with np.errstate(over="ignore"):
+            gaps = np.diff(np.asarray(ts, dtype=np.float64))
+        out[1:] = np.log1p(np.clip(gaps, 0.0, np.finfo(np.float64).max))
     return out
 
 

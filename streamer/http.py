@@ -1,8 +1,12 @@
 """/metrics and /healthz on one small threaded HTTP server, next to the consumer loop.
 
 /healthz answers 200 only when the service can do its job right now: the model
-is loaded, Redis answers PING, and the loop has a partition assignment and has
-polled recently (a stuck or disconnected loop stops polling). Otherwise 503,
+is loaded, Redis answers PING (with a short timeout, on a client of its own)
+and the loop is not paused waiting for it, and the broker is usable: the loop
+has a partition assignment, has polled recently (a stuck loop stops polling),
+and its client has a live connection to a partition leader with no request
+left unanswered (`Consumer.broker_reachable`; "has partitions and polled
+recently" alone said ready through a whole broker outage). Otherwise 503,
 with the failing parts named in the JSON body.
 """
 from __future__ import annotations
@@ -23,12 +27,15 @@ class Health:
     redis_client: object = None
     model_loaded: bool = False
     assigned: bool = False
+    broker_ok: bool = False
+    paused: str | None = None  # the dependency the loop is waiting for, if any
     last_poll: float = 0.0
     stale_after_s: float = 10.0
 
     def check(self) -> dict[str, bool]:
-        return {"model": self.model_loaded, "redis": self._redis_ok(),
-                "broker": self.assigned and time.monotonic() - self.last_poll < self.stale_after_s}
+        polling = time.monotonic() - self.last_poll < self.stale_after_s
+        return {"model": self.model_loaded, "redis": self.paused != "redis" and self._redis_ok(),
+                "broker": self.assigned and polling and self.broker_ok}
 
     def _redis_ok(self) -> bool:
         try:

@@ -21,13 +21,45 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class RepeatFilter(logging.Filter):
+    """Let one record per (logger, message shape) of the Kafka client through every `every_s` seconds.
+
+    A Kafka client whose broker is down logs every reconnect attempt (several per second per
+    connection); the service logs the outage itself, once, so the client's repeats are noise.
+    The "shape" is the message with digits removed, so ports and node ids do not defeat it.
+    """
+
+    def __init__(self, every_s: float = 30.0, prefix: str = "kafka") -> None:
+        super().__init__()
+        self.every_s, self.prefix = every_s, prefix
+        self._last: dict[tuple[str, str], float] = {}
+        self._dropped: dict[tuple[str, str], int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefix):
+            return True
+        shape = (record.name, "".join(c for c in str(record.msg)[:80] if not c.isdigit()))
+        now = record.created
+        if now - self._last.get(shape, -1e18) < self.every_s:
+            self._dropped[shape] = self._dropped.get(shape, 0) + 1
+            return False
+        self._last[shape] = now
+        dropped = self._dropped.pop(shape, 0)
+        if dropped:
+            record.fields = {**getattr(record, "fields", {}), "repeats_suppressed": dropped}
+        return True
+
+
 def configure(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))
+    client_logs = logging.getLogger("kafka")
+    client_logs.setLevel(max(logging.WARNING, root.level))
+    if not any(isinstance(f, RepeatFilter) for f in handler.filters):
+        handler.addFilter(RepeatFilter())
 
 
 def log_event(logger: logging.Logger, msg: str, level: int = logging.INFO, **fields) -> None:

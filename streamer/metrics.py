@@ -34,6 +34,14 @@ class Metrics(NamedTuple):
     live_scored: Counter  # {model_version, arm, head}: predictions scored by the user's next event
     live_hits: Counter  # {model_version, arm}: ... whose top-K held the next item
     live_abs_error: Counter  # {model_version, arm}: sum of |next value - forecast[0]|, original units
+    live_skipped: Counter  # {reason}: forecast judgments left out of the totals (not finite, out of range, overflow)
+    live_errors: Counter  # batches whose live scoring raised (a bug): their judgments are skipped
+    commits: Counter  # {outcome}: committed | rebalanced (refused, re-read by the new owner) | unavailable
+    rebalances: Counter  # {kind}: revoked | assigned
+    paused: Gauge  # {dependency}: 1 while partitions are paused waiting for it (redis)
+    outages: Counter  # {dependency}: times the loop paused for it
+    delivery_failures: Counter  # flushes/sends the broker did not acknowledge (the loop rewound)
+    broker_reachable: Gauge  # 1 while the consumer has a live, answering connection to a partition leader
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> "Metrics":
@@ -67,4 +75,21 @@ class Metrics(NamedTuple):
                     ["model_version", "arm"], registry=registry),
             Counter(p + "live_abs_error", "Sum of |next value - forecast[0]| over scored predictions (MAE numerator).",
                     ["model_version", "arm"], registry=registry),
+            Counter(p + "live_skipped", "Forecast judgments left out of the live totals, by reason "
+                    "(not_finite, out_of_range: |error| > 1e6 scaler stds, overflow: the total would overflow).",
+                    ["reason"], registry=registry),
+            Counter(p + "live_errors", "Batches whose live scoring failed (a bug; their judgments are skipped).",
+                    registry=registry),
+            Counter(p + "commits", "Offset commits by outcome (committed, rebalanced, unavailable).", ["outcome"],
+                    registry=registry),
+            Counter(p + "rebalances", "Consumer-group partition changes seen by this member (revoked, assigned).",
+                    ["kind"], registry=registry),
+            Gauge(p + "paused", "1 while every partition is paused waiting for a dependency (redis).",
+                  ["dependency"], registry=registry),
+            Counter(p + "outages", "Times the loop paused its partitions for an unavailable dependency.",
+                    ["dependency"], registry=registry),
+            Counter(p + "delivery_failures", "Flushes or sends the broker did not acknowledge; the loop rewound "
+                    "to the last committed offsets.", registry=registry),
+            Gauge(p + "broker_reachable", "1 while the consumer has a live connection to a partition leader with "
+                  "no request unanswered for 10 s (the /healthz broker check).", registry=registry),
         )

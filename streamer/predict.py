@@ -16,6 +16,7 @@ items that are not in the window and are not [PAD]/[OOV].
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -23,14 +24,13 @@ import numpy as np
 
 from streamer.bundle import Bundle
 from streamer.events import Event
-from streamer.features import FORECAST, ITEM_SCORES, OOV_INDEX, encode_windows
+from streamer.features import FORECAST, ITEM_SCORES, OOV_INDEX, encode_windows, scale_values
 from streamer.registry import on_canary
 from streamer.window_store import Window
 
 PRIMARY = "primary"
 CANARY = "canary"
 SHADOW = "shadow"
-_NEG_INF = float("-inf")
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ class Scored:
     arm: str
     version: str
     body: dict
+    scale: float = 1.0  # std of the user's value scaler in this bundle (live accuracy's yardstick)
 
 
 def encode(bundle: Bundle, events: Sequence[Event], windows: Sequence[Window]) -> dict[str, np.ndarray]:
@@ -75,8 +76,7 @@ def encode(bundle: Bundle, events: Sequence[Event], windows: Sequence[Window]) -
     items = np.array([index(i) for w in windows for i in w.items], np.int32)
     params = np.array([bundle.scaler.params(e.user_id) for e in events], np.float64).reshape(-1, 2)
     raw = np.concatenate([w.values for w in windows]) if windows else np.zeros(0)
-    scaled = (raw - np.repeat(params[:, 0], lengths)) / np.repeat(params[:, 1], lengths)
-    scaled = np.where(np.isnan(raw), 0.0, scaled).astype(np.float32)  # as training: float64, then float32
+    scaled = scale_values(raw, np.repeat(params[:, 0], lengths), np.repeat(params[:, 1], lengths))
     cuts = np.cumsum(lengths)[:-1]
     rows = list(zip((w.ts for w in windows), np.split(items, cuts), np.split(scaled, cuts)))
     return encode_windows(rows, bundle.manifest.window)
@@ -99,9 +99,16 @@ def top_items(scores: np.ndarray, window_items: np.ndarray, k: int) -> tuple[np.
 
 def recommendations(best: np.ndarray, best_scores: np.ndarray, item_ids: Sequence[str]) -> list[list[dict]]:
     """Per row, [{"item_id", "score"}] best first; excluded items (score -inf) are dropped, so a
-    window that covers almost the whole catalogue yields fewer than K."""
-    return [[{"item_id": item_ids[i], "score": s} for i, s in zip(row, row_scores) if s != _NEG_INF]
+    window that covers almost the whole catalogue yields fewer than K. A non-finite score (a model
+    output that overflowed) is dropped too: it has no JSON spelling and ranks nothing."""
+    return [[{"item_id": item_ids[i], "score": s} for i, s in zip(row, row_scores) if math.isfinite(s)]
             for row, row_scores in zip(best.tolist(), best_scores.tolist())]
+
+
+def finite_or_none(rows: list[list[float]]) -> list[list[float | None]]:
+    """Forecast steps in JSON-safe form: a step that is not finite becomes null (None)."""
+    return [row if all(map(math.isfinite, row)) else [v if math.isfinite(v) else None for v in row]
+            for row in rows]
 
 
 def _bodies(bundle: Bundle, arm: str, events: Sequence[Event], inputs: dict[str, np.ndarray],
@@ -112,7 +119,8 @@ def _bodies(bundle: Bundle, arm: str, events: Sequence[Event], inputs: dict[str,
     forecast = outputs.get(FORECAST)
     if forecast is not None:
         params = np.array([bundle.scaler.params(e.user_id) for e in events], np.float64).reshape(-1, 2)
-        forecast = (forecast.astype(np.float64) * params[:, 1:2] + params[:, 0:1]).tolist()
+        with np.errstate(over="ignore", invalid="ignore"):
+            forecast = finite_or_none((forecast.astype(np.float64) * params[:, 1:2] + params[:, 0:1]).tolist())
     recs = None
     if ITEM_SCORES in outputs:
         best, best_scores = top_items(outputs[ITEM_SCORES], inputs["items"], top_k or manifest.top_k)
@@ -139,7 +147,8 @@ def _run_arm(models: Models, arm: str, events: Sequence[Event], windows: Sequenc
         with timer():
             outputs = bundle.predict(inputs)
     bodies = _bodies(bundle, arm, events, inputs, outputs, models.top_k)
-    return [Scored(event, arm, bundle.manifest.version, body) for event, body in zip(events, bodies)]
+    version, params = bundle.manifest.version, bundle.scaler.params
+    return [Scored(event, arm, version, body, params(event.user_id)[1]) for event, body in zip(events, bodies)]
 
 
 def predict_batch(models: Models, events: Sequence[Event], windows: Sequence[Window],

@@ -47,10 +47,14 @@ class Settings:
                             trigger). Larger values mean fewer round trips and more re-sent
                             predictions after a crash.
       producer_linger_ms    producer batching delay; predictions leave at most this much later.
+      dlq_max_message_bytes a rejected message larger than this (key + value + headers) goes to the
+                            DLQ as a bounded record: the first 1 KiB of key and value, its size and
+                            source coordinates in headers. Keep it at or below the DLQ topic's
+                            max.message.bytes (Kafka's default is 1,048,588).
     Redis
       redis_url             redis://host:port/db; a cluster is used when redis_cluster is true.
       redis_cluster         talk to Redis Cluster (the window keys carry a hash tag per user).
-      key_prefix            first component of every key ("sc" -> "sc:{user}:w").
+      key_prefix            first component of every key ("sc" -> "sc:{user}:win").
       window_len            events kept per user; 0 = the bundle's window length L.
       window_slack          extra (older) events kept beyond window_len so that an event
                             re-processed after a crash sees exactly the window it saw the first
@@ -86,6 +90,7 @@ class Settings:
     commit_interval_ms: int = 1000
     commit_max_records: int = 0
     producer_linger_ms: int = 5
+    dlq_max_message_bytes: int = 1_000_000
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_cluster: bool = False
     key_prefix: str = "sc"
@@ -105,7 +110,8 @@ class Settings:
     stats_interval_s: float = 10.0
 
     def __post_init__(self) -> None:
-        for name in ("session_timeout_ms", "max_poll_records", "poll_timeout_ms", "inference_threads"):
+        for name in ("session_timeout_ms", "max_poll_records", "poll_timeout_ms", "inference_threads",
+                     "dlq_max_message_bytes"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("commit_interval_ms", "commit_max_records", "producer_linger_ms", "window_len",
@@ -113,6 +119,9 @@ class Settings:
                      "registry_poll_ms"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.dlq_max_message_bytes < 4096:
+            raise SettingsError(f"dlq_max_message_bytes must be at least 4096 (a bounded dead letter keeps "
+                                f"1 KiB of key and value plus headers), got {self.dlq_max_message_bytes}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
         if len({self.input_topic, self.output_topic, self.dlq_topic}) != 3:

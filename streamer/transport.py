@@ -15,6 +15,14 @@ enable_auto_commit=False; fetch_max_wait_ms=100 (an idle poll answers within
 session_timeout/3; producer acks=all, linger_ms from settings, 256 KiB
 batches. A group join takes about session_timeout/2, and a restart after
 SIGKILL also waits for the dead member's session to expire.
+Membership changes are ordinary events, not errors: the rebalance listener
+tells the owner (`RebalanceListener`) before partitions are revoked, so it can
+flush and commit what it processed, and `commit()` reports a commit refused
+by a rebalance or an unreachable broker as an outcome, never an exception.
+receive_message_max_bytes is set explicitly: kafka-python 2.2.21 applies its
+configured value (default 1,000,000) to a connection's first frames only and
+100,000,000 after any reconnect, so a 3 MiB message was fetchable or not
+depending on the connection's history. 100 MB is now the ceiling everywhere.
 ListOffsets(latest) on Tansu returns the last *batch*'s base offset + 1, not
 the high watermark, so lag comes from the high watermark that fetch responses
 carry (no extra round trip). Installing the `crc32c` package (C CRC-32C)
@@ -22,16 +30,28 @@ makes kafka-python's record batches markedly cheaper to build.
 """
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Literal, Protocol, Sequence
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import (CommitFailedError, IllegalGenerationError, KafkaError, RebalanceInProgressError, TopicAlreadyExistsError, UnknownMemberIdError)
 from kafka.structs import OffsetAndMetadata
 
-
+log = logging.getLogger("streamer.transport")
 Headers = Sequence[tuple[str, bytes]]
+Partition = tuple[str, int]  # (topic, partition)
+CommitOutcome = Literal["committed", "rebalanced", "unavailable"]
+MAX_FRAME_BYTES = 100_000_000  # the largest fetch response (hence message) the consumer accepts
+COMMIT_TIMEOUT_MS = 5000
+# kafka-python backs reconnects off up to 30 s (Java: 1 s): after an outage that long, recovery waited
+# up to 30 s more. 2 s caps the wait and costs one connect attempt per 2 s while the broker is down.
+RECONNECT_BACKOFF_MAX_MS = 2000
+BROKER_STALE_S = 10.0  # a fetch unanswered for this long means the broker is not serving us
+_MEMBERSHIP_ERRORS = (CommitFailedError, RebalanceInProgressError, IllegalGenerationError, UnknownMemberIdError)
 
 
 class TransportError(RuntimeError):
@@ -40,6 +60,12 @@ class TransportError(RuntimeError):
 
 class DeliveryError(RuntimeError):
     """At least one produced message was not acknowledged; nothing may be committed."""
+
+
+def broker_unavailable(err: BaseException) -> bool:
+    """True when `err` says the broker cannot be reached or answered too late (worth waiting for),
+    as opposed to a refusal that waiting will not fix (authorisation, a bad configuration)."""
+    return isinstance(err, DeliveryError) or (isinstance(err, KafkaError) and bool(getattr(err, "retriable", False)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +79,29 @@ class Record:
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
+class RebalanceListener(Protocol):
+    """What the consumer's owner does when group membership moves partitions (called inside poll)."""
+
+    def revoked(self, partitions: set[Partition]) -> None: ...
+
+    def assigned(self, partitions: set[Partition]) -> None: ...
+
+
+class _Relay(ConsumerRebalanceListener):
+    """kafka-python's listener interface, relayed to whatever `Consumer.listener` is at the time."""
+
+    def __init__(self, owner: "Consumer") -> None:
+        self.owner = owner
+
+    def on_partitions_revoked(self, revoked) -> None:
+        if self.owner.listener is not None:
+            self.owner.listener.revoked({(tp.topic, tp.partition) for tp in revoked})
+
+    def on_partitions_assigned(self, assigned) -> None:
+        if self.owner.listener is not None:
+            self.owner.listener.assigned({(tp.topic, tp.partition) for tp in assigned})
+
+
 class Consumer:
     """Reads `topic` as a group member, or (assign_all=True) all its partitions directly."""
 
@@ -61,12 +110,14 @@ class Consumer:
         """`start` applies where the group has no committed offset ("earliest" or "latest");
         group_id=None (with assign_all) reads without committing anything (tail, tools)."""
         self.topic = topic
+        self.listener: RebalanceListener | None = None
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap_servers.split(","), group_id=group_id,
             enable_auto_commit=False, auto_offset_reset=start,
             max_poll_records=max_poll_records, session_timeout_ms=session_timeout_ms,
             heartbeat_interval_ms=max(100, session_timeout_ms // 3),
             fetch_max_wait_ms=100, client_id=f"seqcast-{group_id or 'reader'}",
+            receive_message_max_bytes=MAX_FRAME_BYTES, reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         )
         if assign_all:
             partitions = self._consumer.partitions_for_topic(topic)
@@ -74,30 +125,73 @@ class Consumer:
                 raise TransportError(f"topic {topic!r} does not exist or has no partitions")
             self._consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
         else:
-            self._consumer.subscribe([topic])
+            self._consumer.subscribe([topic], listener=_Relay(self))
 
     def poll(self, timeout_ms: int, max_records: int | None = None) -> list[Record]:
-        batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        """Records fetched since the last poll; [] (logged) when the client reports an error."""
+        try:
+            batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except KafkaError as err:  # e.g. the coordinator moved mid-join: the next poll carries on
+            log.warning("poll failed; retrying on the next poll: %r", err)
+            time.sleep(min(timeout_ms, 1000) / 1000)
+            return []
         return [Record(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp,
                        tuple((k, v) for k, v in (r.headers or ())))
                 for records in batches.values() for r in records]
 
-    def commit(self, offsets: dict[tuple[str, int], int]) -> bool:
+    def commit(self, offsets: dict[Partition, int]) -> CommitOutcome:
         """Commit next-offsets {(topic, partition): offset of the next record to read}.
 
-        False when the group rebalanced since those records were polled: the partitions'
-        new owner reads them again (at-least-once), so the caller only logs it.
+        "rebalanced": the group moved on since those records were polled; their new owner reads
+        them again (at-least-once), so the caller forgets these offsets. "unavailable": the broker
+        did not answer in time; the caller keeps the offsets and commits them later.
         """
-        if offsets:
-            try:
-                self._consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
-                                       for (t, p), o in offsets.items()})
-            except CommitFailedError:
-                return False
-        return True
+        if not offsets:
+            return "committed"
+        try:
+            self._consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                                   for (t, p), o in offsets.items()}, timeout_ms=COMMIT_TIMEOUT_MS)
+        except _MEMBERSHIP_ERRORS:
+            return "rebalanced"
+        except KafkaError as err:  # timeouts, coordinator not available, connection errors
+            log.warning("offset commit failed; keeping the offsets for the next checkpoint: %r", err)
+            return "unavailable"
+        return "committed"
 
     def assignment(self) -> list[int]:
         return sorted(tp.partition for tp in self._consumer.assignment())
+
+    def assigned(self) -> set[Partition]:
+        return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    def pause_all(self) -> None:
+        """Stop fetching (membership and heartbeats go on: poll() keeps the consumer in its group)."""
+        self._consumer.pause(*self._consumer.assignment())
+
+    def resume_all(self) -> None:
+        self._consumer.resume(*self._consumer.paused())
+
+    def seek(self, positions: dict[Partition, int]) -> None:
+        """Read again from these offsets (partitions no longer assigned are skipped)."""
+        owned = self._consumer.assignment()
+        for (topic, partition), offset in positions.items():
+            tp = TopicPartition(topic, partition)
+            if tp in owned:
+                self._consumer.seek(tp, offset)
+
+    def broker_reachable(self) -> bool:
+        """True when a connection to a partition leader is up and no request on it waits too long.
+
+        Reads kafka-python's connection table (same thread as poll): a broker that refuses
+        connections has none up; a hung one has a fetch unanswered for BROKER_STALE_S.
+        """
+        now = time.time()
+        client = self._consumer._client
+        brokers = [c for node, c in list(client._conns.items()) if isinstance(node, int)]
+        up = [c for c in brokers if c.connected()]
+        if not up:
+            return False
+        return all(now - sent < BROKER_STALE_S for c in up for _, sent, *_ in list(c.in_flight_requests.values()))
 
     def lag(self) -> dict[int, int]:
         """Records behind the high watermark, per assigned partition (from the last fetch)."""
@@ -109,22 +203,30 @@ class Consumer:
         return out
 
     def close(self) -> None:
-        self._consumer.close(autocommit=False)
+        try:
+            self._consumer.close(autocommit=False)
+        except KafkaError as err:  # a broker that is gone must not turn a clean stop into a crash
+            log.warning("consumer close: %r", err)
 
 
 class Producer:
     """Asynchronous sends; `flush()` raises if any send since the last flush failed.
 
     Failures are collected by an errback rather than by keeping every future, so a
-    million-event replay does not hold a million futures.
+    million-event replay does not hold a million futures. Each flush opens a new epoch: a
+    send of an earlier epoch that fails after its flush already raised (and the caller
+    rewound) does not fail the next flush.
     """
 
-    def __init__(self, bootstrap_servers: str, *, linger_ms: int = 5) -> None:
+    def __init__(self, bootstrap_servers: str, *, linger_ms: int = 5, max_block_ms: int = 10000,
+                 max_request_bytes: int = 2 * 1024 * 1024) -> None:
         self._producer = KafkaProducer(bootstrap_servers=bootstrap_servers.split(","), acks="all",
                                        linger_ms=linger_ms, retries=5, batch_size=256 * 1024,
-                                       max_request_size=2 * 1024 * 1024)
+                                       max_request_size=max_request_bytes, max_block_ms=max_block_ms,
+                                       reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS)
         self._sent = 0
-        self._failed: list[BaseException] = []  # appended from the producer's I/O thread
+        self._epoch = 0
+        self._failed: list[tuple[int, BaseException]] = []  # appended from the producer's I/O thread
 
     def send(self, topic: str, value: bytes | None, key: bytes | None = None,
              headers: Headers | None = None) -> None:
@@ -132,25 +234,31 @@ class Producer:
             key = b""
         try:
             future = self._producer.send(topic, value=value, key=key, headers=list(headers or ()))
-        except KafkaError as err:  # e.g. a message over max_request_size, refused before sending
+        except KafkaError as err:  # over max_request_size, or no buffer/metadata within max_block_ms
             raise DeliveryError(f"send to {topic} refused: {err!r}") from err
-        future.add_errback(self._failed.append)
+        epoch = self._epoch
+        future.add_errback(lambda exc: self._failed.append((epoch, exc)))
         self._sent += 1
 
     def flush(self, timeout_s: float = 30.0) -> int:
         """Wait for every pending send; return how many there were, or raise DeliveryError."""
+        epoch, self._epoch = self._epoch, self._epoch + 1
+        sent, self._sent = self._sent, 0
         try:
             self._producer.flush(timeout=timeout_s)
         except KafkaError as err:
             raise DeliveryError(f"flush did not complete in {timeout_s}s: {err!r}") from err
-        sent, self._sent = self._sent, 0
-        failed, self._failed = self._failed, []
+        failed = [exc for e, exc in self._failed if e == epoch]
+        self._failed = [(e, exc) for e, exc in self._failed if e > epoch]
         if failed:
             raise DeliveryError(f"{len(failed)} of {sent} messages were not acknowledged: {failed[0]!r}")
         return sent
 
-    def close(self) -> None:
-        self._producer.close(timeout=5)
+    def close(self, timeout_s: float = 5.0) -> None:
+        try:
+            self._producer.close(timeout=timeout_s)
+        except KafkaError as err:
+            log.warning("producer close: %r", err)
 
 
 def create_topics(bootstrap_servers: str, names: Iterable[str], partitions: int = 1) -> None:

@@ -41,10 +41,34 @@ def test_valid_event_with_iso_ts_and_optional_fields() -> None:
     (b'{"event_id":"e","user_id":"u","ts":1e999,"value":1}', "not_finite"),
     (b'{"event_id":"e","user_id":"u","ts":"yesterday","value":1}', "bad_ts"),
     (b'{"event_id":"e","user_id":"u","ts":1}', "no_payload"),
+    # issue 10: each of these escaped parsing as an exception and stopped the partition
+    (b'{"event_id":"e","user_id":"u","ts":' + b"9" * 400 + b',"value":1}', "not_finite"),
+    (b'{"event_id":"e","user_id":"u","ts":1,"value":-' + b"9" * 400 + b'}', "not_finite"),
+    (b'{"event_id":"e","user_id":"u","ts":1,"value":' + b"9" * 5000 + b'}', "not_finite"),
+    (b'{"event_id":"e","user_id":"u\\ud800","ts":1,"value":1}', "not_utf8"),
+    (b'{"event_id":"e\\udfff","user_id":"u","ts":1,"value":1}', "not_utf8"),
+    (b'{"event_id":"e","user_id":"u","ts":1,"item_id":"\\ud83d"}', "not_utf8"),
+    (b'{"event_id":"e","user_id":"u","ts":1,"value":1,"type":"\\udc00"}', "not_utf8"),
+    (b'{"event_id":"e","user_id":"u","ts":"2026-02-30T00:00:00","value":1}', "bad_ts"),
+    (b"[" * 20_000 + b"]" * 20_000, "not_json"),
 ])
 def test_invalid_events_name_their_reason(raw: bytes, reason: str) -> None:
     assert reason in REASONS
     assert _reason(raw) == reason
+
+
+def test_a_valid_surrogate_pair_and_extreme_finite_numbers_are_valid() -> None:
+    event = parse_event(b'{"event_id":"e","user_id":"\\ud83d\\ude00","ts":1e300,"value":1.5e308}')
+    assert event.user_id == "\U0001F600" and event.ts == 1e300 and event.value == 1.5e308
+    assert parse_event(b'{"event_id":"e","user_id":"u","ts":"9999-12-31T23:59:59-23:59","value":5e-324}').value > 0
+
+
+def test_loaders_passing_python_ints_get_not_finite_not_an_overflow() -> None:
+    from streamer.events import event_from_dict
+
+    with pytest.raises(InvalidEvent) as err:
+        event_from_dict({"event_id": "e", "user_id": "u", "ts": 10**400, "value": 1})
+    assert err.value.reason == "not_finite"
 
 
 def test_vocabulary_reserves_pad_and_oov(tmp_path) -> None:
@@ -80,6 +104,15 @@ def test_sequence_and_window_encodings_agree() -> None:
     assert batch["mask"][3].tolist() == [0.0] * 7 + [1.0] * 3
     assert batch["dts"][3][7] == 0.0 and math.isclose(batch["dts"][3][8], np.log1p(ts[1] - ts[0]), rel_tol=1e-6)
     assert batch["items"][n][-1] == items[-1]
+
+
+def test_scaled_values_are_clipped_and_gaps_never_overflow() -> None:
+    """A finite 1.5e308 must not become inf in float32 (NaN model outputs, invalid JSON downstream)."""
+    from streamer.features import MAX_SCALED, scale_values
+
+    out = scale_values(np.array([1.5e308, -1.5e308, np.nan, 3.0]), 1.0, 0.5)
+    assert out.dtype == np.float32 and out.tolist() == [MAX_SCALED, -MAX_SCALED, 0.0, 4.0]
+    assert np.isfinite(log_dt(np.array([-1.5e308, 1.5e308]))).all()
 
 
 def test_log_dt_clips_negative_gaps() -> None:

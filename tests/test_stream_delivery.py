@@ -14,6 +14,8 @@ from collections import Counter
 import pytest
 
 from stream_helpers import assert_matches, covers, offline_predictions, predictions_by_id, read_until, replay_in_background
+from streamer.events import Event
+from streamer.replay import replay
 from streamer.window_store import WindowStore
 
 pytestmark = pytest.mark.slow
@@ -77,8 +79,9 @@ def test_sigkill_mid_stream_loses_nothing_and_changes_no_window_twice(
     served = WindowStore(redis_client, key_prefix, window_len=20, ttl_seconds=600, slack=32)
     for user in {e.user_id for e in events}:
         ids = served.event_ids(user)
-        assert len(ids) == len(set(ids)) == redis_client.hlen(served.keys(user)[1])
+        assert len(ids) == len(set(ids)) == len(served.stored(user))
         assert ids == reference.event_ids(user)
+        assert served.stored(user) == reference.stored(user)  # payloads and arrival numbers too
         got, want = served.read(user), reference.read(user)
         assert got.items == want.items and got.ts.tolist() == want.ts.tolist()
     for key in redis_client.scan_iter(match=f"{key_prefix}-ref:*"):
@@ -105,3 +108,31 @@ def test_sigterm_mid_stream_commits_exits_zero_and_restart_resumes_without_gap(
     counts = Counter(json.loads(r.value)["event_id"] for r in records)
     assert set(counts) == all_ids  # no gap
     assert max(counts.values()) == 1  # and nothing twice: the graceful stop committed what it produced
+
+
+@pytest.mark.parametrize("late", [Event("x", "a", 150.0, "ix", 1.5), Event("a", "a", 300.0, "ia", 3.0)],
+                         ids=["late event", "timestamp tie"])
+def test_a_prediction_re_emitted_after_a_crash_equals_the_first(broker, topics, producer, consumer_factory,
+                                                                  service_factory, late):
+    """Issue 10 #5: with nothing committed, a1 (ts 100), a2 (ts 200 or 300), then a later-arriving event
+    that sorts before a2 (ts 150, or a tie at a2's ts with a smaller id); after SIGKILL and restart the
+    re-emitted a2 prediction must be the first one, not one whose window includes the later arrival."""
+    a2_ts = 300.0 if late.event_id == "a" else 200.0
+    first_batch = [Event("a1", "a", 100.0, "i1", 1.0), Event("m" if late.event_id == "a" else "a2", "a", a2_ts,
+                                                             "i2", 2.0)]
+    output = consumer_factory(topics["output_topic"])
+    service = service_factory(assign_all_partitions=True, commit_interval_ms=600_000, **topics)
+    replay(first_batch, producer, topics["input_topic"])
+    records = read_until(output, covers({e.event_id for e in first_batch}))
+    replay([late], producer, topics["input_topic"])
+    records += read_until(output, covers({late.event_id}))
+    service.signal(signal.SIGKILL)
+    service.wait()
+    service_factory(assign_all_partitions=True, **topics)  # re-reads all three: nothing was committed
+    again = read_until(output, lambda rs: len(rs) >= 3)
+    by_id = predictions_by_id(records + again)
+    target = first_batch[1].event_id
+    first, second = by_id[target]
+    assert first["window"] == second["window"] == 2
+    strip = lambda p: {k: v for k, v in p.items() if k != "latency_ms"}
+    assert strip(first) == strip(second)

@@ -159,3 +159,59 @@ def test_out_of_order_events_end_up_in_event_time_order(topics, producer, consum
 def test_replayed_file_round_trips_through_parse_event():
     for event in skew_events()[:50]:
         assert parse_event(event.to_json_bytes()) == event
+
+
+class FaultyStore(WindowStore):
+    """Fault injection: the real window store, except that it raises for one user (a stand-in for any bug
+    that a particular message triggers; no real message does since issue 10's fixes)."""
+
+    def append_and_read(self, events):
+        if any(e.user_id == "boom" for e in events):
+            raise RuntimeError("injected fault for user boom")
+        return super().append_and_read(events)
+
+
+def test_a_message_whose_handling_raises_goes_to_the_dlq_and_the_rest_are_predicted(
+        broker, topics, producer, consumer_factory, redis_client, key_prefix, bundle):
+    """Issue 10 #2: any exception while handling one message sends that message to the DLQ as internal_error."""
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from streamer.http import Health
+    from streamer.live_accuracy import LiveScorer
+    from streamer.metrics import Metrics
+    from streamer.predict import Models
+    from streamer.service import Service
+    from streamer.settings import Settings
+    from streamer.transport import Consumer, Producer
+
+    events = [Event(f"f{i}", "boom" if i in (3, 11) else f"user-{i % 4}", 1000.0 + i, f"i{i % 9}", float(i))
+              for i in range(16)]
+    replay(events, producer, topics["input_topic"])
+    settings = Settings(bootstrap_servers=broker, key_prefix=key_prefix, **topics)
+    metrics = Metrics.create(CollectorRegistry())
+    store = FaultyStore(redis_client, key_prefix, 20, 600, 32)
+    consumer = Consumer(broker, topics["input_topic"], "isolation", assign_all=True)
+    service_producer = Producer(broker)
+    service = Service(settings, consumer, service_producer, store, Models.single(bundle), metrics, Health(),
+                      live=LiveScorer(redis_client, key_prefix, 600, metrics))
+    done = threading.Event()
+    runner = threading.Thread(target=service.run, args=(done.is_set,), daemon=True)
+    runner.start()
+    try:
+        good = {e.event_id for e in events if e.user_id != "boom"}
+        predicted = read_until(consumer_factory(topics["output_topic"]), covers(good))
+        dead = read_until(consumer_factory(topics["dlq_topic"]), lambda rs: len(rs) >= 2)
+    finally:
+        done.set()
+        runner.join(timeout=30)
+        consumer.close()
+        service_producer.close()
+    assert {json.loads(r.value)["event_id"] for r in predicted} == good
+    assert sorted(json.loads(r.value)["event_id"] for r in dead) == ["f11", "f3"]  # the messages, unchanged
+    for record in dead:
+        headers = dict(record.headers)
+        assert headers["reason"] == b"internal_error" and b"injected fault for user boom" in headers["detail"]
+    assert metrics.events_invalid.labels("internal_error")._value.get() == 2
+    assert not runner.is_alive()

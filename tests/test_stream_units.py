@@ -156,6 +156,58 @@ def test_health_names_what_is_not_usable(redis_client):
     health = Health(redis_client=redis.Redis(port=1, socket_connect_timeout=0.2), model_loaded=True)
     assert health.check() == {"model": True, "redis": False, "broker": False}
     health.redis_client, health.assigned, health.last_poll = redis_client, True, time.monotonic()
+    assert health.check()["broker"] is False  # polling, but the client has no live broker connection
+    health.broker_ok = True
     assert all(health.check().values())
+    health.paused = "redis"  # the loop holds its batch waiting for Redis: not ready, even if PING answers now
+    assert health.check()["redis"] is False
+    health.paused = None
     health.last_poll -= 60  # the loop stopped polling
     assert health.check()["broker"] is False
+
+
+def test_a_record_too_large_for_the_dlq_goes_as_a_bounded_record():
+    from streamer.dlq import Rejected
+
+    huge = Record("events", 3, 1234, b"k" * 5000, b"v" * 3_000_000, 0, (("trace", b"t-1"),))
+    value, key, headers = Rejected(huge, "too_large", "3000000 bytes > 65536").dead_letter(1_000_000)
+    h = dict(headers)
+    assert len(value) == len(key) == 1024 and value == b"v" * 1024
+    assert h["reason"] == b"too_large" and h["truncated"] == b"true" and h["original_bytes"] == b"3005008"  # key + value + header bytes
+    assert (h["source_topic"], h["source_partition"], h["source_offset"]) == (b"events", b"3", b"1234")
+    assert "trace" not in h  # the original's own headers could be what is too large
+    small = Record("events", 0, 7, b"k", b"{not json", 0, (("trace", b"t-1"),))
+    value, key, headers = Rejected(small, "not_json", "x").dead_letter(1_000_000)
+    assert (value, key) == (b"{not json", b"k") and dict(headers)["trace"] == b"t-1" and "truncated" not in dict(headers)
+
+
+def test_split_never_raises_and_an_unexpected_error_is_an_internal_error():
+    weird = Record("events", 0, 1, None, 12345, 0)  # not bytes: parse_event fails with a TypeError
+    events, _, rejected = split([weird, Record("events", 0, 2, None, b"[]", 0)])
+    assert events == [] and [r.reason for r in rejected] == ["internal_error", "not_object"]
+    assert rejected[0].detail.startswith("TypeError")
+
+
+def test_dlq_detail_with_a_lone_surrogate_is_still_a_valid_header():
+    from streamer.dlq import Rejected
+
+    headers = dict(Rejected(Record("t", 0, 0, None, b"x", 0), "bad_ts", "ts '\ud800' is bad").headers())
+    assert headers["detail"] == b"ts '\\ud800' is bad"
+
+
+def test_kafka_client_log_repeats_are_rate_limited_ours_are_not():
+    from streamer.logs import RepeatFilter
+
+    repeat = RepeatFilter(every_s=30.0)
+    kept = [repeat.filter(_record("kafka.conn", f"<conn node {n} port 90{n}>: refused", t)) for n, t in
+            [(1, 0.0), (2, 1.0), (3, 29.0), (4, 31.0)]]
+    assert kept == [True, False, False, True]
+    assert all(repeat.filter(_record("streamer.service", "progress", t)) for t in (0.0, 0.1, 0.2))
+
+
+def _record(name: str, msg: str, created: float):
+    import logging
+
+    rec = logging.LogRecord(name, logging.ERROR, "", 0, msg, (), None)
+    rec.created = created
+    return rec

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from streamer.features import OOV_INDEX, PAD_INDEX, ValueScaler, Vocabulary, encode_sequence
+from streamer.features import OOV_INDEX, PAD_INDEX, ValueScaler, Vocabulary, encode_sequence, scale_values
 from training.data.eventlog import EventLog
 
 
@@ -88,7 +88,7 @@ def _user_arrays(log: EventLog, start: int, stop: int, vocab: Vocabulary, scaler
     if log.values is not None:
         mean, std = scaler.params(user)
         raw = log.values[start:stop]
-        scaled = np.where(np.isnan(raw), 0.0, (raw - mean) / std).astype(np.float32)
+        scaled = scale_values(raw, mean, std)
         present = ~np.isnan(raw)
     else:
         scaled = np.zeros(stop - start, np.float32)
