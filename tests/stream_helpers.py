@@ -14,9 +14,10 @@ from typing import Iterable
 
 import numpy as np
 
+from bench.chaos.checker import predictions_by_id  # noqa: F401 (re-exported for the tests)
 from streamer.bundle import Bundle
 from streamer.events import Event
-from streamer.features import encode_sequence
+from streamer.features import encode_sequence, scale_values
 from streamer.replay import replay
 from streamer.transport import Consumer, Producer, Record
 
@@ -34,7 +35,7 @@ def offline_predictions(bundle: Bundle, events: Iterable[Event], top_k: int) -> 
         ts = np.array([e.ts for e in evs])
         items = np.array([bundle.vocab.index(e.item_id) for e in evs], np.int32)
         raw = np.array([np.nan if e.value is None else e.value for e in evs])
-        scaled = np.where(np.isnan(raw), 0.0, (raw - mean) / std).astype(np.float32)
+        scaled = scale_values(raw, mean, std)
         inputs.append(encode_sequence(ts, items, scaled, np.arange(1, len(evs) + 1), L))
         rows.extend((e, mean, std) for e in evs)
     batch = {k: np.concatenate([part[k] for part in inputs]) for k in inputs[0]}
@@ -72,14 +73,6 @@ def read_until(consumer: Consumer, done, timeout_s: float = 60.0) -> list[Record
             raise AssertionError(f"timed out after {timeout_s}s with {len(records)} records")
         records.extend(consumer.poll(200, 5000))
     return records
-
-
-def predictions_by_id(records: list[Record]) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = defaultdict(list)
-    for record in records:
-        body = json.loads(record.value)
-        out[body["event_id"]].append(body)
-    return out
 
 
 def covers(event_ids: set[str]):

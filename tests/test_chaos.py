@@ -1,0 +1,40 @@
+"""The chaos suite at its short CI size: every scenario of `python -m bench.chaos`, same code, smaller numbers.
+
+Each scenario starts its own Tansu broker, a Redis 7 with AOF on and real `seqcast serve`
+processes, injects its faults (SIGKILLs, membership changes, Redis and broker outages, poison),
+then checks that nothing was lost, no duplicate differs, no member crashed, and that windows
+and live-accuracy totals equal an uninterrupted reference run (bench/chaos/checker.py). The full
+run (`python -m bench.chaos --full --report docs/reliability.md`) writes docs/reliability.md.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.chaos.bundles import ensure_bundle
+from bench.chaos.scenarios import SCENARIOS, Context
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def context(request, bundle_dir, tmp_path_factory) -> Context:
+    bundles = Path(request.config.cache.mkdir("seqcast-chaos-bundles"))
+    return Context(bundle=bundle_dir, soak_bundle=ensure_bundle(bundles, window=50),
+                   work_dir=tmp_path_factory.mktemp("chaos"), say=print)
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_chaos_scenario_loses_nothing(context, scenario):
+    row = SCENARIOS[scenario](context, "ci")
+    print(f"\n{scenario}: {row.faults}; events {row.events}, invalid {row.invalid}, lost {row.lost}, duplicates "
+          f"{row.duplicates}, differing {row.differing_duplicates}, crashes {row.crashes}, windows {row.windows}, "
+          f"live {row.live}, {row.seconds:.0f}s")
+    for note in row.notes:
+        print(f"  {note}")
+    assert row.ok, "\n".join(row.problems + row.notes)
+    assert row.lost == 0 and row.differing_duplicates == 0 and row.crashes == 0
+    if scenario != "soak":  # the soak checks delivery and memory, not state against a reference
+        same, compared = row.windows.split()[0].split("/")
+        assert same == compared and row.live == "equal"
