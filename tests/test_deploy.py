@@ -409,6 +409,44 @@ def test_dashboard_shows_what_operators_need() -> None:
     assert 'head="forecast"' in mae and "by (model_version, arm)" in mae
 
 
+def test_dashboard_and_alerts_watch_reliability() -> None:
+    """Issue 10: pauses, outages, commits, rebalances, rewinds and bugs have a row and alerts."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    rows = [p for p in dashboard["panels"] if p["type"] == "row"]
+    assert rows[-1]["title"] == "Reliability"
+    row_y = rows[-1]["gridPos"]["y"]
+    below = {name for panel in _panels(dashboard) if panel["gridPos"]["y"] > row_y
+             for target in panel.get("targets", []) for name in promql_metric_names(target["expr"])}
+    assert {"seqcast_paused", "seqcast_outages_total", "seqcast_commits_total", "seqcast_rebalances_total",
+            "seqcast_delivery_failures_total", "seqcast_events_invalid_total", "seqcast_live_skipped_total",
+            "seqcast_live_errors_total"} <= below
+    joined = "\n".join(expr for _, expr, _ in dashboard_expressions())
+    assert "sum by (dependency) (seqcast_paused)" in joined and 'reason="internal_error"' in joined
+    alerts = dict(alert_expressions())
+    assert 'seqcast_paused{dependency="redis"}' in alerts["SeqcastPausedForRedis"]
+    assert "seqcast_delivery_failures_total" in alerts["SeqcastDeliveryFailing"]
+    assert 'reason="internal_error"' in alerts["SeqcastInternalErrors"]
+
+
+def _overlaps(panels: list[dict]) -> list[str]:
+    cells: dict[tuple[int, int], str] = {}
+    clashes = []
+    for panel in panels:
+        g = panel["gridPos"]
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                if (x, y) in cells:
+                    clashes.append(f"{panel.get('title')!r} overlaps {cells[(x, y)]!r}")
+                cells[(x, y)] = panel.get("title")
+    return sorted(set(clashes))
+
+
+def test_dashboard_panels_do_not_overlap() -> None:
+    assert not _overlaps(json.loads(DASHBOARD.read_text())["panels"])
+    assert _overlaps([{"title": "a", "gridPos": {"x": 0, "y": 0, "w": 12, "h": 8}},
+                     {"title": "b", "gridPos": {"x": 6, "y": 7, "w": 12, "h": 8}}])
+
+
 def test_promql_parsing_on_hand_checked_expressions() -> None:
     expr = ('histogram_quantile(0.99, sum by (le, arm) (rate(a_seconds_bucket{job="x", reason=~"b_c|d"}[5m]))) '
             '/ on() group_left() sum(increase(c_total[$__rate_interval] offset 1h)) > 1e3 '
@@ -505,3 +543,5 @@ def test_scrape_hook_compares_against_families_not_samples() -> None:
         assert_dashboard_matches_scrape(without("seqcast_live_hits"))
     with pytest.raises(AssertionError, match="seqcast_batch_size_bucket"):
         assert_dashboard_matches_scrape(without("seqcast_batch_size"))
+    with pytest.raises(AssertionError, match="seqcast_paused"):  # a labelled gauge: no samples until an outage
+        assert_dashboard_matches_scrape(without("seqcast_paused"))
