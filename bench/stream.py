@@ -755,7 +755,7 @@ def stages(ctx: Context, arch: str, bundle_path: str, prefix: str, events: list[
         records = [Record("events", 0, i, e.user_id.encode(), e.to_json_bytes(), 0) for i, e in enumerate(chunk)]
         marks = [(time.perf_counter(), time.thread_time())]
         mark = lambda: marks.append((time.perf_counter(), time.thread_time()))
-        evs, _, _ = dlq.split(records)
+        evs, sources, _ = dlq.split(records)
         mark()
         windows = store.append_and_read(evs)
         mark()
@@ -766,7 +766,7 @@ def stages(ctx: Context, arch: str, bundle_path: str, prefix: str, events: list[
         bodies = _bodies(bundle, "primary", evs, inputs, outputs, models.top_k)
         scored = [Scored(e, "primary", bundle.manifest.version, b) for e, b in zip(evs, bodies)]
         mark()
-        service._emit(scored, models, time.time())  # json + send + metrics, exactly as served
+        service._emit(scored, sources, evs, time.time(), [])  # json + send + metrics, exactly as served
         mark()
         live.score(scored)
         mark()

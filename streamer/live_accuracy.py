@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 from redis.exceptions import NoScriptError
@@ -134,7 +134,7 @@ class LastPrediction:
                    None if recs is None else frozenset(r["item_id"] for r in recs), scored.scale)
 
 
-@dataclass
+@dataclass(slots=True)
 class Tally:
     items_scored: int = 0
     hits: int = 0
@@ -146,17 +146,32 @@ class Tally:
         for name in TALLY_FIELDS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
+    def increments(self) -> list[tuple[str, int | float]]:
+        """(field, amount) for every non-zero total (what the write script adds)."""
+        return [(name, value) for name in TALLY_FIELDS if (value := getattr(self, name))]
 
-@dataclass
+
 class UserUpdate:
-    """One (user, role) slot's change in a batch: what was read, what to write, what it accounts for."""
+    """One (user, role) slot's change in a batch: what was read, what to write, what it accounts for.
 
-    user: str
-    role: str
-    expected: bytes  # the stored mark as read (b"" = none): the compare-and-set guard
-    new: LastPrediction | None = None
-    tallies: dict[tuple[str, str], Tally] = field(default_factory=lambda: defaultdict(Tally))
-    skips: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    Plain slots, and the tallies made only when a judgment happens: one of these per user per batch
+    is on the hot path."""
+
+    __slots__ = ("user", "role", "expected", "new", "tallies", "skips")
+
+    def __init__(self, user: str, role: str, expected: bytes) -> None:
+        self.user, self.role = user, role
+        self.expected = expected  # the stored mark as read (b"" = none): the compare-and-set guard
+        self.new: LastPrediction | None = None
+        self.tallies: dict[tuple[str, str], Tally] = {}
+        self.skips: dict[str, int] = {}
+
+    def tally(self, version: str, arm: str) -> Tally:
+        key = (version, arm)
+        found = self.tallies.get(key)
+        if found is None:
+            found = self.tallies[key] = Tally()
+        return found
 
 
 def role_of(scored: Scored) -> str:
@@ -166,7 +181,7 @@ def role_of(scored: Scored) -> str:
 def judge(previous: LastPrediction, scored: Scored, update: UserUpdate) -> None:
     """Add the verdict on `previous` given the event that followed it."""
     event = scored.event
-    tally = update.tallies[(previous.version, previous.arm)]
+    tally = update.tally(previous.version, previous.arm)
     if previous.items is not None and event.item_id is not None:
         tally.items_scored += 1
         tally.hits += event.item_id in previous.items
@@ -180,7 +195,7 @@ def judge(previous: LastPrediction, scored: Scored, update: UserUpdate) -> None:
             tally.abs_error += error
         else:
             tally.forecast_skipped += 1
-            update.skips[reason] += 1
+            update.skips[reason] = update.skips.get(reason, 0) + 1
 
 
 class LiveScorer:
@@ -271,12 +286,11 @@ class LiveScorer:
         index = lambda key: keys.setdefault(key, len(keys) + 1)
         argv: list = [len(group), self.ttl_seconds]
         for update in group:
-            incs = [(index(self.totals_key(version, shard)), f"{arm}:{name}", getattr(tally, name))
-                    for (version, arm), tally in update.tallies.items() for name in TALLY_FIELDS
-                    if getattr(tally, name)]
+            incs = [(index(self.totals_key(version, shard)), f"{arm}:{name}", amount)
+                    for (version, arm), tally in update.tallies.items() for name, amount in tally.increments()]
             argv += [index(self.key(update.user)), update.role, update.expected, update.new.to_bytes(), len(incs)]
             for key_index, name, amount in incs:
-                argv += [key_index, name, repr(float(amount)) if isinstance(amount, float) else amount]
+                argv += [key_index, name, repr(amount) if isinstance(amount, float) else amount]
         return list(keys), argv
 
     def _observe(self, applied: list[UserUpdate]) -> dict[tuple[str, str], Tally]:

@@ -112,7 +112,8 @@ class Service:
         self._revoked: set[Partition] = set()  # revoked while a batch was held (Redis outage)
         self._paused = False
         self._delivery_backoff = Backoff(0.5, 10.0)
-        consumer.listener = self
+        if consumer is not None:  # bench/stream.py times the loop's stages without a consumer
+            consumer.listener = self
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -234,7 +235,6 @@ class Service:
     def _emit(self, scored: list[Scored], sources: list[Record], events: list[Event], consumed_at: float,
               rejected: list[dlq.Rejected]) -> None:
         """Send the predictions, then the dead letters (including predictions that cannot be serialised)."""
-        record_of = {id(e): r for e, r in zip(events, sources)}
         out, emitting = self.settings.output_topic, self.models.emitting
         emitted: Tally[tuple[str, str]] = Tally()
         latency, lag = self.metrics.event_latency, self.metrics.event_time_lag
@@ -246,7 +246,8 @@ class Service:
             try:
                 value = json.dumps(item.body, separators=(",", ":"), allow_nan=False).encode()
             except (TypeError, ValueError) as err:  # e.g. a non-finite number: no valid JSON for it
-                rejected.append(dlq.internal_error(record_of[id(item.event)], err))
+                record = next(r for e, r in zip(events, sources) if e is item.event)
+                rejected.append(dlq.internal_error(record, err))
                 continue
             self.producer.send(out, value, item.event.user_id.encode())
             latency.observe(now - consumed_at)
