@@ -100,17 +100,32 @@ def dead_by_source(records: list[Record]) -> dict[tuple[int, int], list[Record]]
     return out
 
 
-def covered(truth: InputTruth, predictions: list[Record], dead: list[Record]) -> bool:
-    """True once every valid event has a prediction and every invalid record a dead letter."""
-    seen = {json.loads(r.value)["event_id"] for r in predictions}
-    coords = set(dead_by_source(dead))
-    return truth.valid_ids <= seen and set(truth.invalid) <= coords
+class Coverage:
+    """Which valid events have a prediction and which invalid records a dead letter, so far.
+
+    Incremental: each update parses only the records read since the last one (a soak reads a
+    million predictions; re-parsing them all on every check would be quadratic)."""
+
+    def __init__(self, truth: InputTruth) -> None:
+        self.truth = truth
+        self.predicted: set[str] = set()
+        self.dead: set[tuple[int, int]] = set()
+        self._read = [0, 0]
+
+    def update(self, predictions: list[Record], dead: list[Record]) -> bool:
+        for record in predictions[self._read[0]:]:
+            self.predicted.add(json.loads(record.value)["event_id"])
+        self.dead |= set(dead_by_source(dead[self._read[1]:]))
+        self._read = [len(predictions), len(dead)]
+        return self.truth.valid_ids <= self.predicted and self.truth.invalid.keys() <= self.dead
 
 
 def wait_covered(truth: InputTruth, out: TopicReader, dlq: TopicReader, timeout_s: float,
                  on_wait: Callable[[], None] = lambda: None) -> bool:
+    """Read both topics until every input record has its verdict; False after timeout_s."""
+    coverage = Coverage(truth)
     deadline = time.monotonic() + timeout_s
-    while not covered(truth, out.records, dlq.records):
+    while not coverage.update(out.records, dlq.records):
         if time.monotonic() > deadline:
             return False
         out.poll(0.5)
