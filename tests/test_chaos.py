@@ -38,3 +38,17 @@ def test_chaos_scenario_loses_nothing(context, scenario):
     if scenario != "soak":  # the soak checks delivery and memory, not state against a reference
         same, compared = row.windows.split()[0].split("/")
         assert same == compared and row.live == "equal"
+
+
+def test_the_checker_orders_arrival_numbers_as_numbers():
+    """Stored arrival numbers are little-endian doubles: their bytes do not sort like the numbers (1 < 256 < 257,
+    but b"\\x00\\x01..." sorts first). A replay that bumps the counter must not reorder the comparison."""
+    import struct
+
+    from bench.chaos.checker import _normalised
+
+    payload = lambda arrival: struct.pack("<ddd", 1.0, 2.0, arrival) + b"item"
+    first = _normalised({"a": payload(1), "b": payload(256), "c": payload(257)})
+    shifted = _normalised({"a": payload(2), "b": payload(257), "c": payload(258)})
+    assert first == shifted
+    assert [first[i][1] for i in "abc"] == [0, 1, 2]

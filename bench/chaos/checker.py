@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -245,7 +246,7 @@ def check_delivery(truth: InputTruth, predictions: list[Record], dead: list[Reco
 def _normalised(stored: dict[str, bytes]) -> dict[str, tuple[bytes, int]]:
     """event_id -> (payload without its arrival number, arrival rank): arrival numbers may differ by
     the replays of an event trimmed on arrival (each takes a number), their order may not."""
-    by_arrival = sorted(stored, key=lambda i: stored[i][16:ARRIVAL_END])
+    by_arrival = sorted(stored, key=lambda i: struct.unpack("<d", stored[i][16:ARRIVAL_END])[0])
     rank = {event_id: n for n, event_id in enumerate(by_arrival)}
     return {i: (p[:16] + p[ARRIVAL_END:], rank[i]) for i, p in stored.items()}
 
