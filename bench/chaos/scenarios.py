@@ -81,8 +81,16 @@ def rebalance(ctx: Context, size: str) -> Row:
         run.fleet.wait_ready()
         run.feed(event_messages(valid_events(p["users"], p["per_user"], seed=2)), p["rate"])
         changes: list[str] = []
+        recoveries: list[float] = []
         while len(changes) < p["changes"]:
-            time.sleep(rng.uniform(2.0, 7.0))
+            pause = rng.uniform(2.0, 7.0)
+            if changes:  # time from the last change until the live members own every partition again
+                took = _until_assigned(run.fleet, since, 6, pause)
+                if took is not None:
+                    recoveries.append(took)
+                time.sleep(max(0.0, pause - (took or pause)))
+            else:
+                time.sleep(pause)
             alive = run.fleet.alive()
             action = rng.choice(["kill", "term", "add"]) if 2 <= len(alive) <= 3 else \
                 ("add" if len(alive) < 2 else rng.choice(["kill", "term"]))
@@ -91,6 +99,7 @@ def rebalance(ctx: Context, size: str) -> Row:
             else:
                 rng.choice(alive).signal(signal.SIGKILL if action == "kill" else signal.SIGTERM)
             changes.append(action)
+            since = time.time()
             ctx.say(f"rebalance: {action} ({len(changes)}/{p['changes']}; fed {run.feeder.sent})")
         if not run.feeder.is_alive():
             run.notes.append("the feed ended before the last membership change")
@@ -99,9 +108,35 @@ def rebalance(ctx: Context, size: str) -> Row:
         counts = {a: changes.count(a) for a in ("kill", "term", "add")}
         faults = f"{len(changes)} membership changes ({counts['kill']} kill, {counts['term']} SIGTERM, " \
                  f"{counts['add']} add)"
-        return run.row(run.finish(), faults)
+        recoveries.sort()
+        note = (f"every partition owned again after a change: median {recoveries[len(recoveries) // 2]:.1f}s, "
+                f"max {recoveries[-1]:.1f}s over {len(recoveries)} changes (session timeout 3 s); "
+                f"{len(changes) - 1 - len(recoveries)} changes came before the previous one settled"
+                if recoveries else "no change settled before the next one")
+        return run.row(run.finish(), faults, [note])
     finally:
         run.close()
+
+
+def _until_assigned(fleet, since: float, partitions: int, timeout_s: float) -> float | None:
+    """Seconds after `since` until the live members' latest assignments (logged after `since`) cover
+    every partition, watched for at most timeout_s; None if they did not within it."""
+    import json
+
+    while time.time() - since < timeout_s:
+        owned: set[int] = set()
+        for member in fleet.alive():
+            latest: list[int] = []
+            for line in member.log_path.read_text(errors="replace").splitlines():
+                if '"partitions assigned"' in line or '"partitions revoked"' in line:
+                    entry = json.loads(line)
+                    if entry["ts"] > since:
+                        latest = entry["partitions"] if entry["msg"] == "partitions assigned" else []
+            owned |= set(latest)
+        if len(owned) == partitions:
+            return round(time.time() - since, 1)
+        time.sleep(0.2)
+    return None
 
 
 def _watch(members: list[Member], want: Callable[[int, dict], bool], timeout_s: float) -> float | None:
