@@ -146,3 +146,13 @@ def test_refuses_a_decoding_client(key_prefix):
 
     with pytest.raises(ValueError, match="decode_responses"):
         WindowStore(redis.Redis(decode_responses=True), key_prefix, 4, 60)
+
+
+def test_a_copy_that_arrives_after_more_than_slack_newer_events_sees_what_is_left(redis_client, key_prefix):
+    """The documented limit of the arrival rule (docs/contracts.md): the window of an event is rebuilt from
+    what is still stored; once more than window_slack newer events of the user arrived, part of it is gone."""
+    store = WindowStore(redis_client, key_prefix, window_len=3, ttl_seconds=60, slack=2)
+    events = [ev(i, 100.0 + i) for i in range(10)]
+    first = store.append_and_read(events)
+    (late_copy,) = store.append_and_read([events[4]])  # 5 newer events since: 3 more than the slack
+    assert first[4].items == ["i2", "i3", "i4"] and late_copy.items == ["i4"]

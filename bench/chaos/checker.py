@@ -240,6 +240,8 @@ def check_delivery(truth: InputTruth, predictions: list[Record], dead: list[Reco
             wanted = reference[event_id]
             if any(not any(same_content(body, want) for want in wanted) for body in bodies):
                 v.differ_from_reference.append(event_id)
+                if len(v.examples) < 10:
+                    v.examples.append({"event_id": event_id, "predictions": bodies, "reference": wanted})
     return v
 
 
