@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench.chaos.bundles import ensure_bundle  # noqa: E402
+from bench.chaos.harness import Row  # noqa: E402
 from bench.chaos.report import write_report  # noqa: E402
 from bench.chaos.scenarios import SCENARIOS, Context  # noqa: E402
 
@@ -43,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="JSON results (default: WORK_DIR/results-<size>.json)")
     parser.add_argument("--report", type=Path, default=None,
                         help="write the markdown table here (e.g. docs/reliability.md)")
+    parser.add_argument("--keep-rows", type=Path, default=None, metavar="RESULTS.json",
+                        help="with --report: also report the rows of an earlier results file for the scenarios "
+                        "not run now (the report names both commands)")
     args = parser.parse_args(argv)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in args.only if s not in SCENARIOS]
@@ -74,7 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps({"size": size, "command": command, "rows": [asdict(r) for r in rows]}, indent=2,
                               default=str))
     if args.report:
-        write_report(args.report, rows, size, command)
+        commands = [command]
+        if args.keep_rows:
+            earlier = json.loads(args.keep_rows.read_text())
+            kept = [Row(**r) for r in earlier["rows"] if r["scenario"] not in args.only]
+            rows = sorted(kept + rows, key=lambda r: list(SCENARIOS).index(r.scenario))
+            commands = [earlier["command"] + f"  # {', '.join(r.scenario for r in kept)}", command]
+        write_report(args.report, rows, size, commands)
         say(f"wrote {args.report}")
     return 0 if all(r.ok for r in rows) else 1
 

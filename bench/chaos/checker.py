@@ -121,13 +121,17 @@ class Coverage:
         return self.truth.valid_ids <= self.predicted and self.truth.invalid.keys() <= self.dead
 
 
-def wait_covered(truth: InputTruth, out: TopicReader, dlq: TopicReader, timeout_s: float,
+def wait_covered(truth: InputTruth, out: TopicReader, dlq: TopicReader, stall_s: float,
                  on_wait: Callable[[], None] = lambda: None) -> bool:
-    """Read both topics until every input record has its verdict; False after timeout_s."""
+    """Read both topics until every input record has its verdict; False once `stall_s` pass with
+    nothing new on either topic (a backlog that is still being worked off is not a stall: a soak's
+    feed ends minutes before the member has caught up)."""
     coverage = Coverage(truth)
-    deadline = time.monotonic() + timeout_s
+    last_progress, seen = time.monotonic(), 0
     while not coverage.update(out.records, dlq.records):
-        if time.monotonic() > deadline:
+        if len(out.records) + len(dlq.records) > seen:
+            seen, last_progress = len(out.records) + len(dlq.records), time.monotonic()
+        elif time.monotonic() - last_progress > stall_s:
             return False
         out.poll(0.5)
         dlq.poll(0.2)

@@ -21,7 +21,7 @@ from bench.chaos.workload import Feeder, Message
 from streamer.transport import create_topics
 from streamer.window_store import WindowStore
 
-SETTLE_TIMEOUT_S = 240.0  # after the feed ends, every record must have its verdict within this
+STALL_S = 120.0  # after the feed ends, a run that produces no verdict for this long has stalled
 
 
 @dataclass
@@ -90,8 +90,8 @@ class ChaosRun:
                 raise RuntimeError(f"the feeder failed: {self.feeder.error!r}")
         truth = InputTruth.read(TopicReader(self.broker.bootstrap, self.topics["events"]).drain(), labels or {})
         out, dlq = (TopicReader(self.broker.bootstrap, self.topics[t]) for t in ("predictions", "dlq"))
-        if not wait_covered(truth, out, dlq, SETTLE_TIMEOUT_S):
-            self.notes.append(f"not every record had its verdict {SETTLE_TIMEOUT_S:.0f}s after the feed ended")
+        if not wait_covered(truth, out, dlq, STALL_S):
+            self.notes.append(f"stalled: no new verdict for {STALL_S:.0f}s with records still unanswered")
         self.fleet.stop_all()
         out.drain(idle_s=1.0)
         dlq.drain(idle_s=1.0)
@@ -113,7 +113,7 @@ class ChaosRun:
         """The same input through one member with no faults: the predictions and state to match."""
         self.reference.start()
         out, dlq = (TopicReader(self.broker.bootstrap, self.topics[t]) for t in ("ref-predictions", "ref-dlq"))
-        if not wait_covered(truth, out, dlq, SETTLE_TIMEOUT_S * 2):
+        if not wait_covered(truth, out, dlq, STALL_S):
             self.notes.append("the reference run did not finish")
         self.reference.stop_all()
         by_id = predictions_by_id(out.drain(idle_s=1.0))
