@@ -82,6 +82,7 @@ def rebalance(ctx: Context, size: str) -> Row:
         run.feed(event_messages(valid_events(p["users"], p["per_user"], seed=2)), p["rate"])
         changes: list[str] = []
         recoveries: list[float] = []
+        since = time.time()  # of the last membership change
         while len(changes) < p["changes"]:
             pause = rng.uniform(2.0, 7.0)
             if changes:  # time from the last change until the live members own every partition again
