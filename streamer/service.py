@@ -281,8 +281,7 @@ class Service:
         try:
             while True:
                 try:
-                    result = step()
-                    return result
+                    return step()
                 except Exception as err:
                     if not redis_unavailable(err):
                         raise
