@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)
-	$(BIN)/python bench/stream.py
+	$(BIN)/python -m bench.stream
 
 clean:
 	rm -rf $(VENV) .pytest_cache

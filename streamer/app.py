@@ -106,8 +106,9 @@ def start_models(settings: Settings, client, metrics: Metrics,
 
 def ensure_output_topics(settings: Settings) -> None:
     """Create the prediction and DLQ topics if missing, with as many partitions as the input."""
-    partitions = max(1, partition_count(settings.bootstrap_servers, settings.input_topic))
-    create_topics(settings.bootstrap_servers, [settings.output_topic, settings.dlq_topic], partitions)
+    client = settings.kafka_client
+    partitions = max(1, partition_count(settings.bootstrap_servers, settings.input_topic, client=client))
+    create_topics(settings.bootstrap_servers, [settings.output_topic, settings.dlq_topic], partitions, client=client)
 
 
 def serve(settings: Settings) -> int:
@@ -132,11 +133,12 @@ def serve(settings: Settings) -> int:
         live = up("redis", lambda: LiveScorer(client, settings.key_prefix, settings.window_ttl_seconds, metrics)) \
             if settings.live_accuracy else None
         up("the broker", lambda: ensure_output_topics(settings))
-        producer = up("the broker", lambda: Producer(settings.bootstrap_servers, linger_ms=settings.producer_linger_ms))
+        producer = up("the broker", lambda: Producer(settings.bootstrap_servers, linger_ms=settings.producer_linger_ms,
+                                                     client=settings.kafka_client))
         consumer = up("the broker", lambda: Consumer(
             settings.bootstrap_servers, settings.input_topic, settings.group_id,
             assign_all=settings.assign_all_partitions, max_poll_records=settings.max_poll_records,
-            session_timeout_ms=settings.session_timeout_ms))
+            session_timeout_ms=settings.session_timeout_ms, client=settings.kafka_client))
         log_event(log, "started", input_topic=settings.input_topic, group_id=settings.group_id,
                   window_len=store.window_len, metrics_port=settings.metrics_port)
         Service(settings, consumer, producer, store, models, metrics, health, manager, live).run(stop.is_set)

@@ -120,7 +120,7 @@ class Bundle:
 
         Rows are independent, so slicing changes no output (bit-identical on the LSTM and the
         Transformer); slices keep the per-row activations (attention maps, gates) in cache, which
-        makes a 500-row batch ~30% cheaper for the Transformer (bench/stream.py measures it).
+        makes a 500-row batch ~30% cheaper for the Transformer (python -m bench.stream measures it).
         """
         names = [o["name"] for o in self.manifest.outputs]
         feed = {k: inputs[k] for k in INPUT_NAMES}

@@ -125,8 +125,8 @@ def cmd_replay(args) -> int:
         return 1
     topic = args.topic or settings.input_topic
     total = len(log) if args.limit is None else min(args.limit, len(log))
-    create_topics(settings.bootstrap_servers, [topic], args.partitions)
-    producer = Producer(settings.bootstrap_servers)
+    create_topics(settings.bootstrap_servers, [topic], args.partitions, client=settings.kafka_client)
+    producer = Producer(settings.bootstrap_servers, client=settings.kafka_client)
     try:
         with tqdm(total=total, unit="ev", desc=f"replay -> {topic}") as bar:
             sent = replay(log.events(), producer, topic, args.rate, args.limit, bar)
@@ -143,7 +143,7 @@ def cmd_tail(args) -> int:
     if settings is None:
         return 2
     consumer = Consumer(settings.bootstrap_servers, args.topic or settings.output_topic, None, assign_all=True,
-                        start="earliest" if args.from_beginning else "latest")
+                        start="earliest" if args.from_beginning else "latest", client=settings.kafka_client)
     shown = 0
     try:
         while args.limit is None or shown < args.limit:

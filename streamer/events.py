@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from orjson import loads as _fast_loads
+
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_ID_CHARS = 128
 
@@ -157,7 +159,31 @@ def _reject_constant(name: str) -> float:
 
 
 def parse_event(raw: bytes | None) -> Event:
-    """Decode one Kafka message value into an Event, or raise InvalidEvent."""
+    """Decode one Kafka message value into an Event, or raise InvalidEvent.
+
+    Fast path: orjson (about 5x cheaper than the standard library on a typical event). It is used
+    only where its reading is the standard library's: any document orjson refuses (invalid UTF-8,
+    a lone surrogate, NaN/Infinity, a number beyond float64, nesting past 1024, ...) is decoded
+    again by `parse_event_stdlib`, which names the reason; and where a ts or value reads as the
+    integer 0 while the text holds "-0", the sign orjson drops decides, so that case goes the
+    slow way too. A property test holds the two paths to the same Event or the same reason.
+    """
+    if raw is None:
+        raise InvalidEvent("not_json", "message has no value (tombstone)")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise InvalidEvent("too_large", f"{len(raw)} bytes > {MAX_MESSAGE_BYTES}")
+    try:
+        obj = _fast_loads(raw)
+    except Exception:
+        return parse_event_stdlib(raw)
+    if type(obj) is dict and (obj.get("ts") == 0 or obj.get("value") == 0) and b"-0" in raw:
+        return parse_event_stdlib(raw)
+    return event_from_dict(obj)
+
+
+def parse_event_stdlib(raw: bytes | None) -> Event:
+    """`parse_event` with the standard library's decoder: the reference, and the path that names
+    why a message orjson refused is invalid."""
     if raw is None:
         raise InvalidEvent("not_json", "message has no value (tombstone)")
     if len(raw) > MAX_MESSAGE_BYTES:

@@ -20,8 +20,9 @@ can never leave marks without their totals (judgments lost) or totals
 without their marks (judgments counted twice). The script also
 compares-and-sets: a user's marks are written only if they still hold what
 this batch read, so two members that briefly process the same user during a
-rebalance cannot both count. On Redis Cluster, one script call covers the
-users of one hash slot, and the totals are sharded by slot
+rebalance cannot both count, and marks read earlier (by the window call, see
+below) can never be counted twice either. On Redis Cluster, one script call
+covers the users of one hash slot, and the totals are sharded by slot
 (`{prefix}:model:live:<version>:{<tag>}`, listed in `...:shards`) so each call
 touches keys of its own slot only; `read_totals` sums the shards.
 
@@ -31,17 +32,28 @@ outside anything the model can forecast), is skipped and counted
 (`seqcast_live_skipped_total{reason}` and `<arm>:forecast_skipped`), and a
 total that would overflow is left as it is (counted as `overflow`).
 
-Round trips: one pipeline to read the users' last predictions, one to write,
-per batch.
+Round trips: none to read (the service passes the marks that the window
+store's batch call returned with the windows, `WindowStore.append_and_read_marks`;
+without them `score` reads them itself, one pipeline), one to write, per batch.
+
+Mark encoding: the same JSON list as before this change, [ts, event_id,
+version, arm, forecast0, items, scale], written with orjson (items in
+recommendation order instead of sorted: readers make a set of them). Old and
+new members read each other's marks, so a rolling upgrade needs no new key
+and misreads nothing. A mark orjson cannot write (a non-finite forecast, an
+id with a lone surrogate) is written by the json module (NaN tokens), which
+both versions read.
 """
 from __future__ import annotations
 
 import json
 import math
+import struct
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Sequence
 
+import orjson
 from redis.exceptions import NoScriptError
 
 from streamer.features import MAX_SCALED
@@ -52,59 +64,102 @@ from streamer.slots import SlotTags
 HEADS = ("items", "forecast")
 SKIP_REASONS = ("not_finite", "out_of_range", "overflow")
 TALLY_FIELDS = ("items_scored", "hits", "forecast_scored", "abs_error", "forecast_skipped")
+_TALLY = struct.Struct("<Hddddd")  # group number, then the five TALLY_FIELDS amounts
 
-# KEYS: every key the call touches. ARGV: n_ops, ttl, then per op:
-#   last_key_index, role, expected (stored bytes, "" = absent), new (bytes), n_incs,
-#   then n_incs x (totals_key_index, field, amount)
-# An op whose last-prediction slot no longer holds `expected` is skipped with its increments.
-# Increments are summed per (key, field) over the applied ops; a float total that would stop being
-# finite is left unchanged. Returns {skipped ops (1-based), overflowed fields}.
+# KEYS: every key the call touches. ARGV: ttl, n_groups, n_groups x (totals_key_index, arm), then per op:
+#   last_key_index, role, expected (stored bytes, "" = absent), new (bytes), tallies
+# where tallies = n x <uint16 group><5 float64 amounts in TALLY_FIELDS order> (struct, no number parsing).
+# An op whose last-prediction slot no longer holds `expected` is skipped with its tallies.
+# Amounts are summed per (group, field) over the applied ops in op order; a total that would stop
+# being finite is left unchanged. Returns {skipped ops (1-based), overflowed fields}.
 WRITE_SCRIPT = """
-local n_ops, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
-local pos, skipped, sums, order = 3, {}, {}, {}
-for op = 1, n_ops do
-  local key, role, expected, new = KEYS[tonumber(ARGV[pos])], ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3]
-  local n_incs = tonumber(ARGV[pos + 4])
-  pos = pos + 5
-  local current = redis.call('HGET', key, role) or ''
-  local apply = current == expected
-  if apply then
-    redis.call('HSET', key, role, new)
-    if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+local call, unpack_s = redis.call, struct.unpack
+local ttl, n_groups = tonumber(ARGV[1]), tonumber(ARGV[2])
+local group_key, group_arm, pos = {}, {}, 3
+for g = 1, n_groups do
+  group_key[g], group_arm[g] = KEYS[tonumber(ARGV[pos])], ARGV[pos + 1]
+  pos = pos + 2
+end
+local skipped, sums, order, op = {}, {}, {}, 0
+while pos <= #ARGV do
+  op = op + 1
+  local key, role, expected, tallies = KEYS[tonumber(ARGV[pos])], ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 4]
+  if (call('HGET', key, role) or '') == expected then
+    call('HSET', key, role, ARGV[pos + 3])
+    if ttl > 0 then call('EXPIRE', key, ttl) end
+    for at = 1, #tallies, 42 do
+      local g, a, b, c, d, e = unpack_s('<Hddddd', tallies, at)
+      local s = sums[g]
+      if s == nil then
+        s = {0, 0, 0, 0, 0}
+        sums[g] = s
+        order[#order + 1] = g
+      end
+      s[1], s[2], s[3], s[4], s[5] = s[1] + a, s[2] + b, s[3] + c, s[4] + d, s[5] + e
+    end
   else
     skipped[#skipped + 1] = op
   end
-  for _ = 1, n_incs do
-    if apply then
-      local slot = ARGV[pos] .. '\\0' .. ARGV[pos + 1]
-      if sums[slot] == nil then
-        sums[slot] = 0
-        order[#order + 1] = {KEYS[tonumber(ARGV[pos])], ARGV[pos + 1], slot}
-      end
-      sums[slot] = sums[slot] + tonumber(ARGV[pos + 2])
-    end
-    pos = pos + 3
-  end
+  pos = pos + 5
 end
+local names = {'items_scored', 'hits', 'forecast_scored', 'abs_error', 'forecast_skipped'}
 local overflowed = 0
-for _, entry in ipairs(order) do
-  local key, fieldname, amount = entry[1], entry[2], sums[entry[3]]
-  if amount ~= 0 then
-    local now = tonumber(redis.call('HGET', key, fieldname) or '0')
-    local after = now + amount
-    if after == after and after ~= math.huge and after ~= -math.huge then
-      redis.call('HINCRBYFLOAT', key, fieldname, string.format('%.17g', amount))
-    else
-      overflowed = overflowed + 1
+for _, g in ipairs(order) do
+  local key, s = group_key[g], sums[g]
+  for f = 1, 5 do
+    local amount = s[f]
+    if amount ~= 0 then
+      local fieldname = group_arm[g] .. ':' .. names[f]
+      local after = tonumber(call('HGET', key, fieldname) or '0') + amount
+      if after == after and after ~= math.huge and after ~= -math.huge then
+        call('HINCRBYFLOAT', key, fieldname, string.format('%.17g', amount))
+      else
+        overflowed = overflowed + 1
+      end
     end
   end
 end
 return {skipped, overflowed}
 """
 
+# A mark, decoded: (ts, event_id, version, arm, forecast0 or None, items (list) or None, scale)
+Mark = tuple
+
+
+def encode_mark(mark: Mark) -> bytes:
+    """The stored form: a JSON list (orjson; the json module for what orjson refuses, e.g. NaN)."""
+    forecast0 = mark[4]
+    if forecast0 is None or math.isfinite(forecast0):
+        try:
+            return orjson.dumps(mark)
+        except orjson.JSONEncodeError:
+            pass
+    return json.dumps(list(mark)).encode()
+
+
+def decode_mark(raw: bytes) -> Mark:
+    """Either writer's mark (orjson or json module, old sorted items or new ordered ones)."""
+    try:
+        ts, event_id, version, arm, forecast0, items, *rest = orjson.loads(raw)
+    except orjson.JSONDecodeError:  # NaN / Infinity tokens
+        ts, event_id, version, arm, forecast0, items, *rest = json.loads(raw)
+    return ts, event_id, version, arm, forecast0, items, float(rest[0]) if rest else 1.0
+
+
+def mark_of(scored: Scored) -> Mark:
+    body = scored.body
+    forecast = body.get("forecast")
+    recs = body.get("recommendations")
+    first = forecast[0] if forecast else None
+    event = scored.event
+    return (event.ts, event.event_id, scored.version, scored.arm, None if first is None else float(first),
+            None if recs is None else [r["item_id"] for r in recs], scored.scale)
+
 
 @dataclass(frozen=True)
 class LastPrediction:
+    """A mark as an object (tools and tests; the hot path keeps the plain tuple)."""
+
     ts: float
     event_id: str
     version: str
@@ -115,23 +170,17 @@ class LastPrediction:
 
     def to_bytes(self) -> bytes:
         items = None if self.items is None else sorted(self.items)
-        return json.dumps([self.ts, self.event_id, self.version, self.arm, self.forecast0, items,
-                           self.scale]).encode()
+        return encode_mark((self.ts, self.event_id, self.version, self.arm, self.forecast0, items, self.scale))
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "LastPrediction":
-        ts, event_id, version, arm, forecast0, items, *rest = json.loads(raw)
-        return cls(ts, event_id, version, arm, forecast0, None if items is None else frozenset(items),
-                   float(rest[0]) if rest else 1.0)
+        ts, event_id, version, arm, forecast0, items, scale = decode_mark(raw)
+        return cls(ts, event_id, version, arm, forecast0, None if items is None else frozenset(items), scale)
 
     @classmethod
     def of(cls, scored: Scored) -> "LastPrediction":
-        body = scored.body
-        forecast = body.get("forecast")
-        recs = body.get("recommendations")
-        first = None if not forecast or forecast[0] is None else float(forecast[0])
-        return cls(scored.event.ts, scored.event.event_id, scored.version, scored.arm, first,
-                   None if recs is None else frozenset(r["item_id"] for r in recs), scored.scale)
+        ts, event_id, version, arm, forecast0, items, scale = mark_of(scored)
+        return cls(ts, event_id, version, arm, forecast0, None if items is None else frozenset(items), scale)
 
 
 @dataclass(slots=True)
@@ -147,59 +196,62 @@ class Tally:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def increments(self) -> list[tuple[str, int | float]]:
-        """(field, amount) for every non-zero total (what the write script adds)."""
+        """(field, amount) for every non-zero total."""
         return [(name, value) for name in TALLY_FIELDS if (value := getattr(self, name))]
 
 
 class UserUpdate:
     """One (user, role) slot's change in a batch: what was read, what to write, what it accounts for.
 
-    Plain slots, and the tallies made only when a judgment happens: one of these per user per batch
-    is on the hot path."""
+    Plain slots; the tallies (version, arm) -> [5 amounts] are made only when a judgment happens."""
 
-    __slots__ = ("user", "role", "expected", "new", "tallies", "skips")
+    __slots__ = ("user", "role", "expected", "last", "new", "tallies", "skips")
 
     def __init__(self, user: str, role: str, expected: bytes) -> None:
         self.user, self.role = user, role
         self.expected = expected  # the stored mark as read (b"" = none): the compare-and-set guard
-        self.new: LastPrediction | None = None
-        self.tallies: dict[tuple[str, str], Tally] = {}
-        self.skips: dict[str, int] = {}
-
-    def tally(self, version: str, arm: str) -> Tally:
-        key = (version, arm)
-        found = self.tallies.get(key)
-        if found is None:
-            found = self.tallies[key] = Tally()
-        return found
+        self.last: Mark | None = decode_mark(expected) if expected else None
+        self.new: Mark | None = None
+        self.tallies: dict[tuple[str, str], list] | None = None
+        self.skips: dict[str, int] | None = None
 
 
 def role_of(scored: Scored) -> str:
     return "shadow" if scored.arm == SHADOW else "served"
 
 
-def judge(previous: LastPrediction, scored: Scored, update: UserUpdate) -> None:
+def judge(previous: Mark, scored: Scored, update: UserUpdate) -> None:
     """Add the verdict on `previous` given the event that followed it."""
     event = scored.event
-    tally = update.tally(previous.version, previous.arm)
-    if previous.items is not None and event.item_id is not None:
-        tally.items_scored += 1
-        tally.hits += event.item_id in previous.items
-    if previous.forecast0 is not None and event.value is not None:
-        error = abs(event.value - previous.forecast0)
+    key = (previous[2], previous[3])
+    tallies = update.tallies
+    if tallies is None:
+        tallies = update.tallies = {}
+    tally = tallies.get(key)
+    if tally is None:
+        tally = tallies[key] = [0, 0, 0, 0.0, 0]
+    items, forecast0 = previous[5], previous[4]
+    if items is not None and event.item_id is not None:
+        tally[0] += 1
+        tally[1] += event.item_id in items
+    if forecast0 is not None and event.value is not None:
+        error = abs(event.value - forecast0)
         reason = None if math.isfinite(error) else "not_finite"
-        if reason is None and error > MAX_SCALED * previous.scale:
+        if reason is None and error > MAX_SCALED * previous[6]:
             reason = "out_of_range"
         if reason is None:
-            tally.forecast_scored += 1
-            tally.abs_error += error
+            tally[2] += 1
+            tally[3] += error
         else:
-            tally.forecast_skipped += 1
-            update.skips[reason] = update.skips.get(reason, 0) + 1
+            tally[4] += 1
+            skips = update.skips
+            if skips is None:
+                skips = update.skips = {}
+            skips[reason] = skips.get(reason, 0) + 1
 
 
 class LiveScorer:
-    """`score(scored)` after each batch: judge previous predictions, remember the new ones."""
+    """`score(scored, marks)` after each batch: judge previous predictions, remember the new ones."""
 
     def __init__(self, client, prefix: str, ttl_seconds: int, metrics: Metrics) -> None:
         self.client = client
@@ -216,54 +268,60 @@ class LiveScorer:
         base = f"{self.prefix}:model:live:{version}"
         return base if shard is None else f"{base}:{{{shard}}}"
 
-    def score(self, batch: Sequence[Scored]) -> dict[tuple[str, str], Tally]:
-        """Judge and remember; returns the tallies written, by (version, arm)."""
+    def score(self, batch: Sequence[Scored], marks: dict[str, dict[str, bytes]] | None = None
+              ) -> dict[tuple[str, str], Tally]:
+        """Judge and remember; returns the tallies written, by (version, arm).
+
+        `marks`: user -> {role: stored mark} as read for this batch (WindowStore.append_and_read_marks);
+        users missing from it are read here. A mark changed since it was read only costs its judgment
+        (the write's compare-and-set refuses it), never a double count."""
         if not batch:
             return {}
-        users = list(dict.fromkeys(s.event.user_id for s in batch))
-        stored = self._read(users)
+        marks = {} if marks is None else marks
+        missing = [u for u in dict.fromkeys(s.event.user_id for s in batch) if u not in marks]
+        if missing:
+            marks = {**marks, **self.read_marks(missing)}
         updates: dict[tuple[str, str], UserUpdate] = {}
-        last: dict[tuple[str, str], LastPrediction] = {}
         for scored in batch:
-            slot = (scored.event.user_id, role_of(scored))
-            if slot not in updates:
-                raw = stored.get(slot, b"")
-                updates[slot] = UserUpdate(slot[0], slot[1], raw)
-                if raw:
-                    last[slot] = LastPrediction.from_bytes(raw)
-            previous = last.get(slot)
+            event = scored.event
+            slot = (event.user_id, "shadow" if scored.arm == SHADOW else "served")
+            update = updates.get(slot)
+            if update is None:
+                update = updates[slot] = UserUpdate(slot[0], slot[1], marks[slot[0]].get(slot[1], b""))
+            previous = update.last
             if previous is not None:
-                if (scored.event.ts, scored.event.event_id) <= (previous.ts, previous.event_id):
+                if (event.ts, event.event_id) <= (previous[0], previous[1]):
                     continue  # a replay or a late event: judged (or skipped) before, keep the newer state
-                judge(previous, scored, updates[slot])
-            last[slot] = updates[slot].new = LastPrediction.of(scored)
+                judge(previous, scored, update)
+            update.last = update.new = mark_of(scored)
         written = [u for u in updates.values() if u.new is not None]
         applied = self._write(written)
         return self._observe(applied)
 
-    def _read(self, users: list[str]) -> dict[tuple[str, str], bytes]:
+    def read_marks(self, users: list[str]) -> dict[str, dict[str, bytes]]:
+        """user -> {role: stored mark}: one pipeline (when the window call did not read them)."""
         pipe = self.client.pipeline(transaction=False)
         for user in users:
             pipe.hgetall(self.key(user))
-        found = {}
-        for user, fields in zip(users, pipe.execute()):
-            for role, raw in fields.items():
-                found[(user, role.decode() if isinstance(role, bytes) else role)] = raw
-        return found
+        return {user: {(r.decode() if isinstance(r, bytes) else r): raw for r, raw in fields.items()}
+                for user, fields in zip(users, pipe.execute())}
 
     def _write(self, updates: list[UserUpdate]) -> list[UserUpdate]:
         """Run the write script per slot group; returns the updates that were applied."""
         if not updates:
             return []
         groups: dict[str | None, list[UserUpdate]] = defaultdict(list)
-        for update in updates:
-            groups[self.slots.tag_for(self.key(update.user))].append(update)
+        if self.slots.cluster:
+            for update in updates:
+                groups[self.slots.tag_for(self.key(update.user))].append(update)
+        else:
+            groups[None] = updates
         pipe = self.client.pipeline(transaction=False)
         calls = []
         for shard, group in groups.items():
-            keys, argv = self._call(shard, group)
+            keys, argv, versions = self._call(shard, group)
             if shard is not None:  # the shard index lives in another slot: listed first, idempotently
-                for version in {v for u in group for v, _ in u.tallies}:
+                for version in versions:
                     pipe.sadd(f"{self.totals_key(version)}:shards", shard)
             pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, *argv)
             calls.append(group)
@@ -273,40 +331,68 @@ class LiveScorer:
             self._sha = self.client.script_load(WRITE_SCRIPT)
             return self._write(updates)
         results = [r for r in replies if isinstance(r, list)]
-        applied = []
-        for group, (skipped, overflowed) in zip(calls, results):
-            refused = set(skipped)
-            applied += [u for n, u in enumerate(group, 1) if n not in refused]
-            if overflowed:
-                self.metrics.live_skipped.labels("overflow").inc(overflowed)
+        applied: list[UserUpdate] = []
+        overflowed = 0
+        for group, (skipped, overflow) in zip(calls, results):
+            if skipped:
+                refused = set(skipped)
+                applied += [u for n, u in enumerate(group, 1) if n not in refused]
+            else:
+                applied += group
+            overflowed += overflow
+        if overflowed:
+            self.metrics.live_skipped.labels("overflow").inc(overflowed)
         return applied
 
-    def _call(self, shard: str | None, group: list[UserUpdate]) -> tuple[list[str], list]:
+    def _call(self, shard: str | None, group: list[UserUpdate]) -> tuple[list[str], list, set[str]]:
+        """KEYS and ARGV of one write-script call, and the versions it adds totals to."""
         keys: dict[str, int] = {}
-        index = lambda key: keys.setdefault(key, len(keys) + 1)
-        argv: list = [len(group), self.ttl_seconds]
+        numbers: dict[tuple[str, str], int] = {}  # (version, arm) -> group number
+        header: list = []
+        ops: list = []
+        pack, ttl, prefix = _TALLY.pack, self.ttl_seconds, self.prefix
         for update in group:
-            incs = [(index(self.totals_key(version, shard)), f"{arm}:{name}", amount)
-                    for (version, arm), tally in update.tallies.items() for name, amount in tally.increments()]
-            argv += [index(self.key(update.user)), update.role, update.expected, update.new.to_bytes(), len(incs)]
-            for key_index, name, amount in incs:
-                argv += [key_index, name, repr(amount) if isinstance(amount, float) else amount]
-        return list(keys), argv
+            tallies = b""
+            if update.tallies:
+                parts = []
+                for pair, t in update.tallies.items():
+                    g = numbers.get(pair)
+                    if g is None:
+                        g = numbers[pair] = len(numbers) + 1
+                        header += (keys.setdefault(self.totals_key(pair[0], shard), len(keys) + 1), pair[1])
+                    parts.append(pack(g, *t))
+                tallies = b"".join(parts)
+            index = keys.setdefault(f"{prefix}:{{{update.user}}}:last", len(keys) + 1)
+            ops += (index, update.role, update.expected, encode_mark(update.new), tallies)
+        return list(keys), [ttl, len(numbers), *header, *ops], {v for v, _ in numbers}
 
     def _observe(self, applied: list[UserUpdate]) -> dict[tuple[str, str], Tally]:
+        """Prometheus, once per batch per label set; returns the applied tallies by (version, arm)."""
         m = self.metrics
-        totals: dict[tuple[str, str], Tally] = defaultdict(Tally)
+        sums: dict[tuple[str, str], list] = {}
+        skips: dict[str, int] = {}
         for update in applied:
-            for key, tally in update.tallies.items():
-                totals[key].add(tally)
-            for reason, count in update.skips.items():
-                m.live_skipped.labels(reason).inc(count)
-        for (version, arm), t in totals.items():
+            if update.tallies:
+                for key, t in update.tallies.items():
+                    s = sums.get(key)
+                    if s is None:
+                        sums[key] = list(t)
+                    else:
+                        for i in range(5):
+                            s[i] += t[i]
+            if update.skips:
+                for reason, count in update.skips.items():
+                    skips[reason] = skips.get(reason, 0) + count
+        for reason, count in skips.items():
+            m.live_skipped.labels(reason).inc(count)
+        totals = {}
+        for (version, arm), s in sums.items():
+            t = totals[(version, arm)] = Tally(*s)
             m.live_scored.labels(version, arm, "items").inc(t.items_scored)
             m.live_scored.labels(version, arm, "forecast").inc(t.forecast_scored)
             m.live_hits.labels(version, arm).inc(t.hits)
             m.live_abs_error.labels(version, arm).inc(t.abs_error)
-        return dict(totals)
+        return totals
 
 
 def read_totals(client, prefix: str, version: str) -> dict[str, dict[str, float]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -93,3 +94,28 @@ class Metrics(NamedTuple):
             Gauge(p + "broker_reachable", "1 while the consumer has a live connection to a partition leader with "
                   "no request unanswered for 10 s (the /healthz broker check).", registry=registry),
         )
+
+
+def observe_many(histogram: Histogram, values: np.ndarray) -> None:
+    """`histogram.observe(v)` for every v, as one bucket count per bucket (the hot path observes two
+    histograms per prediction; one call per batch costs a few µs instead of ~2 µs per value).
+
+    Same bucket rule as prometheus_client's observe (the first upper bound >= v); a NaN lands in no
+    bucket and poisons the sum, as it would there. Falls back to observe() one by one if the
+    client's internals are not the ones this was written against (prometheus-client 0.26).
+    """
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for value in values.tolist():
+            histogram.observe(value)
+        return
+    if not len(values):
+        return
+    counts = np.bincount(np.searchsorted(np.asarray(bounds, np.float64), values, side="left"),
+                         minlength=len(bounds) + 1)
+    for i, count in enumerate(counts[: len(bounds)].tolist()):
+        if count:
+            buckets[i].inc(count)
+    total.inc(float(values.sum()))

@@ -8,8 +8,8 @@ serves everyone not on the canary; "canary" serves a stable share of users
 every event on the same windows, is scored, and is never emitted.
 `predict_batch` groups rows by arm and calls each bundle once per batch.
 
-Encoding is `streamer.features.encode_windows`, the function training's
-`encode_sequence` is tested against: items through the bundle's vocabulary
+Encoding is `streamer.features.encode_batch` (= `encode_windows` on windows laid end to
+end), the function training's `encode_sequence` is tested against: items through the bundle's vocabulary
 (unknown -> OOV), values z-scored with the user's scaler (missing -> 0).
 Outputs are turned back into the contract's units: forecast un-scaled, top-K
 items that are not in the window and are not [PAD]/[OOV].
@@ -24,8 +24,9 @@ import numpy as np
 
 from streamer.bundle import Bundle
 from streamer.events import Event
-from streamer.features import FORECAST, ITEM_SCORES, OOV_INDEX, encode_windows, scale_values
+from streamer.features import FORECAST, ITEM_SCORES, OOV_INDEX, PAD_INDEX, encode_batch, scale_values
 from streamer.registry import on_canary
+from streamer.topk import TopK
 from streamer.window_store import Window
 
 PRIMARY = "primary"
@@ -69,21 +70,24 @@ class Scored:
     scale: float = 1.0  # std of the user's value scaler in this bundle (live accuracy's yardstick)
 
 
-def encode(bundle: Bundle, events: Sequence[Event], windows: Sequence[Window]) -> dict[str, np.ndarray]:
-    """The bundle's model inputs for each event's window (item mapping and scaling done batch-wide)."""
-    index = bundle.vocab.index
-    lengths = [len(w.items) for w in windows]
-    items = np.array([index(i) for w in windows for i in w.items], np.int32)
-    params = np.array([bundle.scaler.params(e.user_id) for e in events], np.float64).reshape(-1, 2)
+def encode(bundle: Bundle, events: Sequence[Event], windows: Sequence[Window],
+           params: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The bundle's model inputs for each event's window (item mapping and scaling done batch-wide);
+    `params` = `_params(bundle, events)` when the caller has it already."""
+    lookup, oov = bundle.vocab.lookup, OOV_INDEX
+    lengths = np.fromiter((len(w.items) for w in windows), np.int64, len(windows))
+    items = np.fromiter((lookup(i, oov) if i is not None else PAD_INDEX for w in windows for i in w.items),
+                        np.int32, int(lengths.sum()))
+    params = _params(bundle, events) if params is None else params
+    ts = np.concatenate([w.ts for w in windows]) if windows else np.zeros(0)
     raw = np.concatenate([w.values for w in windows]) if windows else np.zeros(0)
     scaled = scale_values(raw, np.repeat(params[:, 0], lengths), np.repeat(params[:, 1], lengths))
-    cuts = np.cumsum(lengths)[:-1]
-    rows = list(zip((w.ts for w in windows), np.split(items, cuts), np.split(scaled, cuts)))
-    return encode_windows(rows, bundle.manifest.window)
+    return encode_batch(ts, items, scaled, lengths, bundle.manifest.window)
 
 
 def top_items(scores: np.ndarray, window_items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and scores of the k best items per row, excluding the row's window items and 0/1."""
+    """Indices and scores of the k best items per row, excluding the row's window items and 0/1
+    (numpy: the reference for `select_top`, and its path for a batch with a NaN score)."""
     scores = scores.astype(np.float32, copy=True)
     scores[:, : OOV_INDEX + 1] = -np.inf
     np.put_along_axis(scores, window_items.astype(np.int64), -np.inf, axis=1)
@@ -97,10 +101,31 @@ def top_items(scores: np.ndarray, window_items: np.ndarray, k: int) -> tuple[np.
     return best, -np.take_along_axis(negated, best, axis=1)  # negation is exact: the original scores
 
 
+_TOPK: list[TopK] = []  # one shared onnxruntime TopK session, made on first use
+
+
+def select_top(scores: np.ndarray, window_items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`top_items`, by onnxruntime's TopK where its result is `top_items`' (no NaN score in the
+    batch, k within the catalogue), else by numpy."""
+    rows, width = scores.shape
+    k = max(0, min(k, width - (OOV_INDEX + 1)))
+    if k == 0 or not rows or np.isnan(scores).any():
+        return top_items(scores, window_items, k)
+    if not _TOPK:
+        _TOPK.append(TopK())
+    exclude = np.empty((rows, window_items.shape[1] + 2), np.int32)
+    exclude[:, :-2] = window_items
+    exclude[:, -2:] = (PAD_INDEX, OOV_INDEX)
+    return _TOPK[0].select(scores, exclude, k)
+
+
 def recommendations(best: np.ndarray, best_scores: np.ndarray, item_ids: Sequence[str]) -> list[list[dict]]:
     """Per row, [{"item_id", "score"}] best first; excluded items (score -inf) are dropped, so a
     window that covers almost the whole catalogue yields fewer than K. A non-finite score (a model
     output that overflowed) is dropped too: it has no JSON spelling and ranks nothing."""
+    if np.isfinite(best_scores).all():  # the usual case: no per-score check
+        return [[{"item_id": item_ids[i], "score": s} for i, s in zip(row, row_scores)]
+                for row, row_scores in zip(best.tolist(), best_scores.tolist())]
     return [[{"item_id": item_ids[i], "score": s} for i, s in zip(row, row_scores) if math.isfinite(s)]
             for row, row_scores in zip(best.tolist(), best_scores.tolist())]
 
@@ -111,25 +136,33 @@ def finite_or_none(rows: list[list[float]]) -> list[list[float | None]]:
             for row in rows]
 
 
+def _forecasts(forecast: np.ndarray, params: np.ndarray) -> list[list[float | None]]:
+    """Scaled model outputs -> the contract's units, one list per row (None where not finite)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        unscaled = forecast.astype(np.float64) * params[:, 1:2] + params[:, 0:1]
+    rows = unscaled.tolist()
+    return rows if np.isfinite(unscaled).all() else finite_or_none(rows)
+
+
 def _bodies(bundle: Bundle, arm: str, events: Sequence[Event], inputs: dict[str, np.ndarray],
-            outputs: dict[str, np.ndarray], top_k: int) -> list[dict]:
+            outputs: dict[str, np.ndarray], top_k: int, params: np.ndarray) -> list[dict]:
     manifest = bundle.manifest
     model = {"name": manifest.name, "version": manifest.version, "arch": manifest.arch, "arm": arm}
     sizes = inputs["mask"].sum(axis=1).astype(int).tolist()
     forecast = outputs.get(FORECAST)
-    if forecast is not None:
-        params = np.array([bundle.scaler.params(e.user_id) for e in events], np.float64).reshape(-1, 2)
-        with np.errstate(over="ignore", invalid="ignore"):
-            forecast = finite_or_none((forecast.astype(np.float64) * params[:, 1:2] + params[:, 0:1]).tolist())
+    forecasts = None if forecast is None else _forecasts(forecast, params)
     recs = None
     if ITEM_SCORES in outputs:
-        best, best_scores = top_items(outputs[ITEM_SCORES], inputs["items"], top_k or manifest.top_k)
+        best, best_scores = select_top(outputs[ITEM_SCORES], inputs["items"], top_k or manifest.top_k)
         recs = recommendations(best, best_scores, bundle.vocab.item_ids)
+    if forecasts is not None and recs is not None:  # the usual bundle: one comprehension, no branches
+        return [{"event_id": e.event_id, "user_id": e.user_id, "ts": e.ts, "model": model, "forecast": f,
+                 "recommendations": r, "window": n} for e, f, r, n in zip(events, forecasts, recs, sizes)]
     bodies = []
     for row, event in enumerate(events):
         body = {"event_id": event.event_id, "user_id": event.user_id, "ts": event.ts, "model": model}
-        if forecast is not None:
-            body["forecast"] = forecast[row]
+        if forecasts is not None:
+            body["forecast"] = forecasts[row]
         if recs is not None:
             body["recommendations"] = recs[row]
         body["window"] = sizes[row]
@@ -140,15 +173,24 @@ def _bodies(bundle: Bundle, arm: str, events: Sequence[Event], inputs: dict[str,
 def _run_arm(models: Models, arm: str, events: Sequence[Event], windows: Sequence[Window],
              timer=None) -> list[Scored]:
     bundle = models.arms[arm]
-    inputs = encode(bundle, events, windows)
+    params = _params(bundle, events)
+    inputs = encode(bundle, events, windows, params)
     if timer is None:
         outputs = bundle.predict(inputs)
     else:
         with timer():
             outputs = bundle.predict(inputs)
-    bodies = _bodies(bundle, arm, events, inputs, outputs, models.top_k)
-    version, params = bundle.manifest.version, bundle.scaler.params
-    return [Scored(event, arm, version, body, params(event.user_id)[1]) for event, body in zip(events, bodies)]
+    bodies = _bodies(bundle, arm, events, inputs, outputs, models.top_k, params)
+    version = bundle.manifest.version
+    return [Scored(event, arm, version, body, scale) for event, body, scale in zip(events, bodies, params[:, 1].tolist())]
+
+
+def _params(bundle: Bundle, events: Sequence[Event]) -> np.ndarray:
+    """[n, 2] (mean, std) of each event's user in this bundle's value scaler."""
+    scaler = bundle.scaler
+    if not scaler.per_entity:  # one global scaler: no lookup per event
+        return np.tile(np.array([scaler.mean, scaler.std], np.float64), (len(events), 1))
+    return np.array([scaler.params(e.user_id) for e in events], np.float64).reshape(-1, 2)
 
 
 def predict_batch(models: Models, events: Sequence[Event], windows: Sequence[Window],

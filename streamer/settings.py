@@ -47,6 +47,9 @@ class Settings:
                             trigger). Larger values mean fewer round trips and more re-sent
                             predictions after a crash.
       producer_linger_ms    producer batching delay; predictions leave at most this much later.
+      kafka_client          "confluent" (confluent-kafka / librdkafka, the default: a fraction of the
+                            CPU per message) or "kafka-python" (pure Python). Same guarantees either
+                            way; see streamer/transport.py.
       dlq_max_message_bytes a rejected message larger than this (key + value + headers) goes to the
                             DLQ as a bounded record: the first 1 KiB of key and value, its size and
                             source coordinates in headers. Keep it at or below the DLQ topic's
@@ -71,7 +74,8 @@ class Settings:
       registry_poll_ms      how often the model registry in Redis ({key_prefix}:model:*) is checked
                             for promotions, canaries and shadows; 0 = serve `bundle` only, no registry.
       live_accuracy         score each user's previous prediction when the next event arrives
-                            (HR@K, MAE per model version and arm); two extra Redis round trips per batch.
+                            (HR@K, MAE per model version and arm); the marks are read with the windows (same
+                            Redis call), so it costs one extra round trip per batch: the write.
     Operations
       metrics_host, metrics_port  /metrics and /healthz listen here; port 0 = no HTTP server.
       log_level             DEBUG, INFO, WARNING or ERROR; logs are JSON lines on stderr.
@@ -90,6 +94,7 @@ class Settings:
     commit_interval_ms: int = 1000
     commit_max_records: int = 0
     producer_linger_ms: int = 5
+    kafka_client: str = "confluent"  # = streamer.transport.DEFAULT_CLIENT
     dlq_max_message_bytes: int = 1_000_000
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_cluster: bool = False
@@ -124,6 +129,8 @@ class Settings:
                                 f"1 KiB of key and value plus headers), got {self.dlq_max_message_bytes}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+        if self.kafka_client not in ("confluent", "kafka-python"):
+            raise SettingsError(f"kafka_client must be confluent or kafka-python, got {self.kafka_client!r}")
         if len({self.input_topic, self.output_topic, self.dlq_topic}) != 3:
             raise SettingsError("input_topic, output_topic and dlq_topic must differ")
 

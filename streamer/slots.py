@@ -34,6 +34,10 @@ class SlotTags:
         self.cluster = isinstance(client, redis.RedisCluster)
         self._tags = _slot_tags() if self.cluster else []
 
+    def slot(self, key: str) -> int:
+        """The cluster slot of `key` (callers group per-user script calls by it)."""
+        return key_slot(key.encode())
+
     def tag_for(self, key: str) -> str | None:
         if not self.cluster:
             return None

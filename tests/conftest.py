@@ -8,6 +8,9 @@
   cached in pytest's cache dir keyed by the training sources, so it is trained once per change.
 - `service_factory`: `python -m streamer serve` in a subprocess with SEQCAST_* env, so tests can
   SIGTERM or SIGKILL it; its JSON-line logs land in a file the test can read.
+- `kafka_client`: both Kafka backends ("confluent", "kafka-python"). `service_factory`, `producer`
+  and `consumer_factory` use it, so every test built on them runs once per backend; a test that
+  needs only one pins it with `@pytest.mark.parametrize("kafka_client", [DEFAULT_CLIENT])`.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -27,7 +31,7 @@ import pytest
 import redis
 
 from streamer.embedded import free_port, start_tansu
-from streamer.transport import Consumer, Producer, create_topics
+from streamer.transport import CLIENTS, Consumer, Producer, create_topics
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_URL = os.environ.get("SEQCAST_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -71,19 +75,25 @@ def key_prefix(redis_client) -> str:
         redis_client.delete(*keys[start:start + 500])
 
 
+@pytest.fixture(params=CLIENTS)
+def kafka_client(request) -> str:
+    """The Kafka backend under test: the service (SEQCAST_KAFKA_CLIENT) and the test's own clients."""
+    return request.param
+
+
 @pytest.fixture
-def producer(broker):
-    prod = Producer(broker, linger_ms=2)
+def producer(broker, kafka_client):
+    prod = Producer(broker, linger_ms=2, client=kafka_client)
     yield prod
     prod.close()
 
 
 @pytest.fixture
-def consumer_factory(broker):
+def consumer_factory(broker, kafka_client):
     made: list[Consumer] = []
 
     def make(topic: str, group_id: str | None = None) -> Consumer:
-        consumer = Consumer(broker, topic, group_id, assign_all=True)
+        consumer = Consumer(broker, topic, group_id, assign_all=True, client=kafka_client)
         made.append(consumer)
         return consumer
     yield make
@@ -106,7 +116,11 @@ def _bundle_log():
 
 def _cached_bundle(request, name: str, arch: str) -> Path:
     """Train (once per training-code change) a small bundle on the shared synthetic log."""
-    cache = Path(request.config.cache.mkdir(f"seqcast-bundle-{name}")) / _sources_digest()
+    if getattr(request.config, "cache", None) is not None:
+        root = Path(request.config.cache.mkdir(f"seqcast-bundle-{name}"))
+    else:  # -p no:cacheprovider: the same layout under the system temp dir
+        root = Path(tempfile.gettempdir()) / "seqcast-test-cache" / f"seqcast-bundle-{name}"
+    cache = root / _sources_digest()
     found = sorted(cache.glob(f"{name}/*/manifest.json"))
     if found:
         return found[-1].parent
@@ -185,7 +199,7 @@ class ServiceProcess:
 
 
 @pytest.fixture
-def service_factory(broker, bundle_dir, key_prefix, tmp_path):
+def service_factory(broker, bundle_dir, key_prefix, tmp_path, kafka_client):
     """start(input_topic=..., output_topic=..., dlq_topic=..., **settings) -> ServiceProcess."""
     started: list[ServiceProcess] = []
 
@@ -194,7 +208,7 @@ def service_factory(broker, bundle_dir, key_prefix, tmp_path):
         values = {"bootstrap_servers": broker, "redis_url": REDIS_URL, "key_prefix": key_prefix,
                   "bundle": str(bundle_dir), "metrics_port": port, "metrics_host": "127.0.0.1",
                   "session_timeout_ms": TEST_SESSION_TIMEOUT_MS, "poll_timeout_ms": 100,
-                  "stats_interval_s": 1.0, **settings}
+                  "stats_interval_s": 1.0, "kafka_client": kafka_client, **settings}
         env = {k: v for k, v in os.environ.items() if not k.startswith("SEQCAST_")}
         env.update({f"SEQCAST_{k.upper()}": str(v) for k, v in values.items()})
         env["PYTHONPATH"] = str(ROOT)

@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from deploy_checks import (  # noqa: F401  (assert_dashboard_matches_scrape, dashboard_metric_names: for live tests)
     _blank_strings,

@@ -73,10 +73,9 @@ def test_a_second_writer_with_a_stale_read_cannot_count_again(redis_client, key_
     """Two members briefly on one user (a rebalance): compare-and-set lets one of them count."""
     a, b = (LiveScorer(redis_client, key_prefix, 60, metrics) for _ in range(2))
     a.score([scored("u", 0)])
-    stale = b._read(["u"])
+    stale = b.read_marks(["u"])
     a.score([scored("u", 1)])
-    b._read = lambda users: stale  # b read before a wrote
-    assert b.score([scored("u", 1)]) == {}
+    assert b.score([scored("u", 1)], stale) == {}  # b read before a wrote
     assert read_totals(redis_client, key_prefix, V)["primary"]["items_scored"] == 1
 
 
@@ -100,19 +99,61 @@ def test_a_crash_mid_write_loses_and_doubles_no_judgment(redis_client, key_prefi
     after a fraction of the batch's bytes (exactly what Redis sees when the process is SIGKILLed mid-send),
     then the restarted process scores the whole batch again: every user must be counted exactly once."""
     users = 2000
-    LiveScorer(redis_client, key_prefix, 60, metrics).score([scored(f"u{k}", 0) for k in range(users)])
+    real, probe = f"{key_prefix}:r", f"{key_prefix}:p"  # same length: the probe's byte count fits the real run
+    LiveScorer(redis_client, real, 60, metrics).score([scored(f"u{k}", 0) for k in range(users)])
     port = redis_client.connection_pool.connection_kwargs.get("port", 6379)
     counting = TcpProxy(free_port(), port)
-    probe_prefix = key_prefix + "-probe"
-    LiveScorer(redis_client, probe_prefix, 60, metrics).score([scored(f"u{k}", 0) for k in range(users)])
-    _traffic(counting.port, users, probe_prefix, metrics)  # how many bytes one uninterrupted batch sends
+    LiveScorer(redis_client, probe, 60, metrics).score([scored(f"u{k}", 0) for k in range(users)])
+    _traffic(counting.port, users, probe, metrics)  # how many bytes one uninterrupted batch sends
     total = counting.forwarded
     counting.close()
     cutting = TcpProxy(free_port(), port, cut_after_bytes=int(total * cut_at))
     with pytest.raises(redis.ConnectionError):
-        _traffic(cutting.port, users, key_prefix, metrics)
+        _traffic(cutting.port, users, real, metrics)
     cutting.close()
-    LiveScorer(redis_client, key_prefix, 60, metrics).score([scored(f"u{k}", 1, value=12.0) for k in range(users)])
-    totals = read_totals(redis_client, key_prefix, V)["primary"]
+    LiveScorer(redis_client, real, 60, metrics).score([scored(f"u{k}", 1, value=12.0) for k in range(users)])
+    totals = read_totals(redis_client, real, V)["primary"]
     assert (totals["items_scored"], totals["forecast_scored"]) == (users, users)
     assert totals["abs_error"] == pytest.approx(2.0 * users)
+
+
+def test_marks_read_by_the_window_call_score_like_a_separate_read(redis_client, key_prefix, metrics):
+    from streamer.window_store import WindowStore
+
+    store = WindowStore(redis_client, key_prefix, 4, 60)
+    live = LiveScorer(redis_client, key_prefix, 60, metrics)
+    assert store.marks_key("u0") == live.key("u0")
+    first, second = [scored(f"u{k}", 0) for k in range(3)], [scored(f"u{k}", 1, value=13.0) for k in range(3)]
+    for batch in (first, second):
+        _, marks = store.append_and_read_marks([s.event for s in batch])
+        live.score(batch, marks)
+    _, marks = store.append_and_read_marks([s.event for s in second])
+    assert live.score(second, marks) == {}  # a replay: its marks say it was judged already
+    totals = read_totals(redis_client, key_prefix, V)["primary"]
+    assert (totals["items_scored"], totals["hits"], totals["forecast_scored"], totals["MAE"]) == (3, 3, 3, 3.0)
+
+
+def test_marks_of_the_old_encoding_are_read_and_new_ones_are_old_readable(redis_client, key_prefix, metrics):
+    """Rolling upgrade: members before this change wrote json.dumps marks with sorted items and read
+    marks with json.loads; both directions must keep working (no new key)."""
+    import json
+
+    from streamer.live_accuracy import LastPrediction
+
+    live = LiveScorer(redis_client, key_prefix, 60, metrics)
+    old = json.dumps([1000.0, "u-e0", V, "primary", 10.0, ["i1", "i2"], 1.0]).encode()
+    redis_client.hset(live.key("u"), "served", old)
+    live.score([scored("u", 1, value=12.0)])
+    new = redis_client.hget(live.key("u"), "served")
+    assert json.loads(new)[:5] == [1001.0, "u-e1", V, "primary", 10.0]
+    assert LastPrediction.from_bytes(new).items == frozenset({"i1", "i2"})
+    totals = read_totals(redis_client, key_prefix, V)["primary"]
+    assert (totals["items_scored"], totals["hits"], totals["abs_error"]) == (1, 1, 2.0)
+
+
+def test_a_non_finite_forecast_is_stored_and_its_judgment_skipped(redis_client, key_prefix, metrics):
+    live = LiveScorer(redis_client, key_prefix, 60, metrics)
+    live.score([scored("u", 0, forecast0=float("nan"))])
+    live.score([scored("u", 1, value=3.0)])
+    assert counter(metrics, "not_finite") == 1
+    assert read_totals(redis_client, key_prefix, V)["primary"]["forecast_skipped"] == 1

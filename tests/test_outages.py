@@ -18,12 +18,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def world(tmp_path, bundle_dir):
+def world(tmp_path, bundle_dir, kafka_client):
+    """A proxied broker, a Redis that can be stopped, and a fleet of `serve` members (per Kafka client)."""
     broker, redis_server = Broker(tmp_path, proxied=True), ChaosRedis(tmp_path)
     create_topics(broker.bootstrap, ["events", "predictions", "dlq"], 1)
     fleet = Fleet(tmp_path, bootstrap_servers=broker.bootstrap, redis_url=redis_server.url, key_prefix="outage",
                   bundle=str(bundle_dir), input_topic="events", output_topic="predictions", dlq_topic="dlq",
-                  assign_all_partitions=True)
+                  assign_all_partitions=True, kafka_client=kafka_client)
     yield broker, redis_server, fleet
     fleet.kill_all()
     broker.stop()

@@ -105,3 +105,29 @@ def test_window_store_works_on_redis_cluster(cluster, redis_client, key_prefix):
     for node in cluster.get_primaries():
         node.redis_connection.script_flush()
     assert on_cluster.append_and_read(events[:3])[0].items == want[0].items  # NOSCRIPT -> reload -> retry
+
+
+def test_batch_calls_per_slot_return_windows_and_marks_on_redis_cluster(cluster, redis_client, key_prefix):
+    """One script call per hash slot (users of one slot share a call), one pipeline; live accuracy's marks
+    come back from each slot's call and its writes count exactly once per user on the cluster too."""
+    from prometheus_client import CollectorRegistry
+
+    from streamer.live_accuracy import LiveScorer, read_totals
+    from streamer.metrics import Metrics
+    from streamer.predict import Scored
+
+    users = [f"{{u{k}}}" for k in range(4)] + [f"user-{k}" for k in range(40)]  # "{u0}"... may share slots
+    events = [Event(f"m{i:03d}", users[i % len(users)], 100.0 + i, f"i{i % 7}", float(i)) for i in range(132)]
+    on_cluster = WindowStore(cluster, key_prefix, window_len=3, ttl_seconds=60, slack=2, max_per_call=5)
+    single = WindowStore(redis_client, key_prefix, window_len=3, ttl_seconds=60, slack=2)
+    live = LiveScorer(cluster, key_prefix, 60, Metrics.create(CollectorRegistry()))
+    body = {"forecast": [1.0], "recommendations": [{"item_id": "i1", "score": 1.0}]}
+    for start in range(0, 132, 44):
+        chunk = events[start:start + 44]
+        got, marks = on_cluster.append_and_read_marks(chunk)
+        want = single.append_and_read(chunk)
+        assert [w.items for w in got] == [w.items for w in want]
+        assert set(marks) == {e.user_id for e in chunk}
+        assert all(marks[u] == ({"served": cluster.hget(live.key(u), "served")} if start else {}) for u in marks)
+        live.score([Scored(e, "primary", "v1", body, 1.0) for e in chunk], marks)
+    assert read_totals(cluster, key_prefix, "v1")["primary"]["items_scored"] == 132 - len(users)

@@ -170,9 +170,14 @@ class FaultyStore(WindowStore):
             raise RuntimeError("injected fault for user boom")
         return super().append_and_read(events)
 
+    def append_and_read_marks(self, events):  # the service's call when live accuracy is on
+        if any(e.user_id == "boom" for e in events):
+            raise RuntimeError("injected fault for user boom")
+        return super().append_and_read_marks(events)
+
 
 def test_a_message_whose_handling_raises_goes_to_the_dlq_and_the_rest_are_predicted(
-        broker, topics, producer, consumer_factory, redis_client, key_prefix, bundle):
+        broker, topics, producer, consumer_factory, redis_client, key_prefix, bundle, kafka_client):
     """Issue 10 #2: any exception while handling one message sends that message to the DLQ as internal_error."""
     import threading
 
@@ -192,8 +197,8 @@ def test_a_message_whose_handling_raises_goes_to_the_dlq_and_the_rest_are_predic
     settings = Settings(bootstrap_servers=broker, key_prefix=key_prefix, **topics)
     metrics = Metrics.create(CollectorRegistry())
     store = FaultyStore(redis_client, key_prefix, 20, 600, 32)
-    consumer = Consumer(broker, topics["input_topic"], "isolation", assign_all=True)
-    service_producer = Producer(broker)
+    consumer = Consumer(broker, topics["input_topic"], "isolation", assign_all=True, client=kafka_client)
+    service_producer = Producer(broker, client=kafka_client)
     service = Service(settings, consumer, service_producer, store, Models.single(bundle), metrics, Health(),
                       live=LiveScorer(redis_client, key_prefix, 600, metrics))
     done = threading.Event()

@@ -14,7 +14,7 @@ from streamer.dlq import split
 from streamer.predict import recommendations, top_items
 from streamer.service import CommitPolicy
 from streamer.settings import Settings, SettingsError
-from streamer.transport import Consumer, DeliveryError, Record
+from streamer.transport import DEFAULT_CLIENT, Consumer, DeliveryError, Record
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -86,19 +86,28 @@ def test_split_routes_bad_records_with_headers():
     assert headers["source_partition"] == b"1" and headers["trace"] == b"x"
 
 
-def test_transport_round_trip_commit_and_lag(broker, topic_factory, producer):
+def test_settings_choose_a_known_kafka_client():
+    assert Settings().kafka_client == DEFAULT_CLIENT == "confluent"
+    assert Settings.from_env({"SEQCAST_KAFKA_CLIENT": "kafka-python"}).kafka_client == "kafka-python"
+    with pytest.raises(SettingsError, match="kafka_client"):
+        Settings.from_env({"SEQCAST_KAFKA_CLIENT": "java"})
+
+
+def test_transport_round_trip_commit_and_lag(broker, topic_factory, producer, kafka_client):
     topic = topic_factory(1)
     for i in range(10):
         producer.send(topic, f"v{i}".encode(), b"k", [("h", b"1")])
     assert producer.flush() == 10
-    first = Consumer(broker, topic, "g-" + topic, assign_all=True)
+    first = Consumer(broker, topic, "g-" + topic, assign_all=True, client=kafka_client)
+    assert type(first).__module__.endswith(kafka_client.replace("-", "_") + "_client")
     records = read_until(first, lambda rs: len(rs) == 10, timeout_s=10)
     assert [r.value for r in records] == [f"v{i}".encode() for i in range(10)]
     assert records[0].headers == (("h", b"1"),) and records[0].key == b"k"
     assert first.lag() == {0: 0}
-    assert first.commit({(topic, 0): 4})  # records 0-3 are done, 4-9 are not
+    read_until(first, lambda _: first.broker_reachable(), timeout_s=5)  # librdkafka's: from its statistics
+    assert first.commit({(topic, 0): 4}) == "committed"  # records 0-3 are done, 4-9 are not
     first.close()
-    again = Consumer(broker, topic, "g-" + topic, assign_all=True)
+    again = Consumer(broker, topic, "g-" + topic, assign_all=True, client=kafka_client)
     rest = read_until(again, lambda rs: len(rs) >= 6, timeout_s=10)
     assert [r.offset for r in rest] == list(range(4, 10))
     again.close()
@@ -112,6 +121,73 @@ def test_producer_raises_when_a_send_cannot_be_delivered(producer, topic_factory
         producer.flush()
     producer.send(topic, b"fine")
     assert producer.flush() == 1  # the failure was reported once and cleared
+
+
+class RecordingListener:
+    """The service's side of a rebalance, reduced to what the test checks: it commits what it read of
+    the revoked partitions (as Service.revoked does) and records every call."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self.consumer, self.calls, self.read, self.outcomes = consumer, [], {}, []
+        consumer.listener = self
+
+    def revoked(self, partitions) -> None:
+        still_mine = self.consumer.assigned() >= partitions  # called BEFORE the partitions go
+        self.calls.append(("revoked", partitions, still_mine))
+        self.outcomes.append(self.consumer.commit({p: o for p, o in self.read.items() if p in partitions}))
+
+    def assigned(self, partitions) -> None:
+        self.calls.append(("assigned", partitions, True))
+
+    def poll(self) -> None:
+        for r in self.consumer.poll(100):
+            self.read[(r.topic, r.partition)] = r.offset + 1
+
+
+def test_rebalance_relays_revoked_before_assigned_and_commits_never_raise(broker, topic_factory, producer,
+                                                                          kafka_client):
+    import time
+
+    topic = topic_factory(2)
+    for i in range(40):
+        producer.send(topic, f"v{i}".encode(), f"k{i}".encode())
+    producer.flush()
+    group, both = "g-" + topic, {(topic, 0), (topic, 1)}
+    make = lambda: Consumer(broker, topic, group, session_timeout_ms=3000, client=kafka_client)
+    a = RecordingListener(make())
+    started = time.monotonic()
+    while a.consumer.assigned() != both:
+        assert time.monotonic() - started < 30, "first member never joined"
+        a.poll()
+    joined_s = time.monotonic() - started
+    b = RecordingListener(make())
+    started = time.monotonic()
+    while len(a.consumer.assigned()) != 1 or len(b.consumer.assigned()) != 1:
+        assert time.monotonic() - started < 30, (a.calls, b.calls)
+        a.poll()
+        b.poll()
+    split_s = time.monotonic() - started
+    assert a.consumer.assigned() | b.consumer.assigned() == both
+    b.consumer.close()  # b leaves: a gets both partitions back
+    started = time.monotonic()
+    while a.consumer.assigned() != both:
+        assert time.monotonic() - started < 30, a.calls
+        a.poll()
+    print(f"\n{kafka_client}: join {joined_s:.1f}s, second member {split_s:.1f}s, "
+          f"back to one member {time.monotonic() - started:.1f}s; commits on revoke: {a.outcomes}")
+    kinds = [kind for kind, partitions, _ in a.calls if partitions]  # kafka-python also revokes set() at a join
+    assert kinds[0] == "assigned" and kinds[-1] == "assigned" and kinds.count("revoked") >= 2
+    assert all(still_mine for kind, _, still_mine in a.calls if kind == "revoked")
+    assert a.calls[-1][1] <= both and a.consumer.assigned() == both
+    assert a.outcomes and set(a.outcomes) == {"committed"}, a.outcomes  # before the partitions go: still valid
+    a.poll()
+    assert a.consumer.commit({p: 1 for p in both}) in ("committed", "rebalanced")  # after the rebalance
+    a.consumer.close()
+    stale = b.consumer  # closed: its commit is refused, not raised, whatever the backend says
+    try:
+        assert stale.commit({(topic, 0): 1}) in ("committed", "rebalanced", "unavailable")
+    except RuntimeError:  # kafka-python / librdkafka refuse any call on a closed consumer
+        pass
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

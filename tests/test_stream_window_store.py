@@ -7,7 +7,70 @@ import numpy as np
 import pytest
 
 from streamer.events import Event
-from streamer.window_store import WindowStore
+from streamer.window_store import WindowStore, payload
+
+# The per-event script this store used before the batch script (commit 46de50e): the reference the batch
+# script must agree with, event by event.
+PER_EVENT_SCRIPT = """
+local zkey, hkey, id, payload = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
+local keep, window, ttl = {keep}, {window}, {ttl}
+local ts = string.format('%.17g', struct.unpack('<d', payload))
+local stored, arrival
+if redis.call('ZADD', zkey, 'NX', ts, id) == 1 then
+  arrival = redis.call('HINCRBY', hkey, '', 1)
+  stored = string.sub(payload, 1, 16) .. struct.pack('<d', arrival) .. string.sub(payload, 17)
+  redis.call('HSET', hkey, id, stored)
+  local excess = redis.call('ZCARD', zkey) - keep
+  while excess > 0 do
+    local n = math.min(excess, 1000)
+    local old = redis.call('ZRANGE', zkey, 0, n - 1)
+    redis.call('ZREMRANGEBYRANK', zkey, 0, n - 1)
+    redis.call('HDEL', hkey, unpack(old))
+    excess = excess - n
+  end
+else
+  stored = redis.call('HGET', hkey, id)
+  if stored then arrival = struct.unpack('<d', stored, 17) end
+end
+if ttl > 0 then
+  redis.call('EXPIRE', zkey, ttl)
+  redis.call('EXPIRE', hkey, ttl)
+end
+local rank = redis.call('ZRANK', zkey, id)
+local newest_first = {{}}
+if rank and arrival then
+  local hi = rank
+  while #newest_first < window and hi >= 0 do
+    local lo = math.max(0, hi - (window - #newest_first) + 1)
+    local found = redis.call('HMGET', hkey, unpack(redis.call('ZRANGE', zkey, lo, hi)))
+    for i = #found, 1, -1 do
+      local p = found[i]
+      if p and struct.unpack('<d', p, 17) <= arrival then newest_first[#newest_first + 1] = p end
+    end
+    hi = lo - 1
+  end
+else
+  newest_first[1] = stored or (string.sub(payload, 1, 16) .. struct.pack('<d', 0) .. string.sub(payload, 17))
+end
+local times, values, items = {{}}, {{}}, {{}}
+for i = #newest_first, 1, -1 do
+  local p = newest_first[i]
+  times[#times + 1] = string.sub(p, 1, 8)
+  values[#values + 1] = string.sub(p, 9, 16)
+  items[#items + 1] = string.sub(p, 25)
+end
+return #times .. ':' .. table.concat(times) .. table.concat(values) .. table.concat(items, '\\n')
+"""
+
+
+def per_event_reference(client, store: WindowStore, event: Event) -> tuple[list, list, list]:
+    script = PER_EVENT_SCRIPT.format(keep=store.keep, window=store.window_len, ttl=int(store.ttl_seconds))
+    blob = client.eval(script, 2, *store.keys(event.user_id), event.event_id, payload(event))
+    n, rest = blob.split(b":", 1)
+    n = int(n)
+    ts, values = np.frombuffer(rest, "<f8", n), np.frombuffer(rest, "<f8", n, 8 * n)
+    items = [i or None for i in rest[16 * n:].decode().split("\n")]
+    return items, ts.tolist(), values.tolist()
 
 
 def ev(i: int, ts: float, user: str = "u1", item: str | None = None, value: float | None = 1.0) -> Event:
@@ -156,3 +219,41 @@ def test_a_copy_that_arrives_after_more_than_slack_newer_events_sees_what_is_lef
     first = store.append_and_read(events)
     (late_copy,) = store.append_and_read([events[4]])  # 5 newer events since: 3 more than the slack
     assert first[4].items == ["i2", "i3", "i4"] and late_copy.items == ["i4"]
+
+
+def test_one_batch_call_equals_one_call_per_event(redis_client, key_prefix):
+    """The batch script must give exactly what the old per-event calls gave: same windows, same state,
+    with replays, late events, timestamp ties and several events per user in one call."""
+    rng = random.Random(7)
+    events = [Event(f"e{rng.randrange(60):03d}", f"u{rng.randrange(4)}", float(rng.randrange(40)),
+                    f"i{i}", float(i)) for i in range(200)]
+    batched = WindowStore(redis_client, f"{key_prefix}:b", window_len=5, ttl_seconds=60, slack=3)
+    single = WindowStore(redis_client, f"{key_prefix}:s", window_len=5, ttl_seconds=60, slack=3)  # old script
+    split = WindowStore(redis_client, f"{key_prefix}:c", window_len=5, ttl_seconds=60, slack=3, max_per_call=7)
+    for start in range(0, 200, 50):
+        chunk = events[start:start + 50]
+        got = batched.append_and_read(chunk)
+        got_split = split.append_and_read(chunk)
+        want = [per_event_reference(redis_client, single, e) for e in chunk]
+        for g, s, (items, ts, values) in zip(got, got_split, want):
+            assert g.items == s.items == items
+            assert g.ts.tolist() == s.ts.tolist() == ts
+            assert g.values.tolist() == s.values.tolist() == values
+    for user in ("u0", "u1", "u2", "u3"):
+        assert batched.event_ids(user) == single.event_ids(user) == split.event_ids(user)
+        assert batched.stored(user) == single.stored(user)
+
+
+def test_marks_come_back_with_the_windows(store, redis_client):
+    redis_client.hset(store.marks_key("u1"), mapping={"served": b"[1]", "shadow": b"[2]"})
+    windows, marks = store.append_and_read_marks([ev(0, 1.0), ev(1, 2.0, user="u2"), ev(2, 3.0)])
+    assert [w.items for w in windows] == [["i0"], ["i1"], ["i0", "i2"]]
+    assert marks == {"u1": {"served": b"[1]", "shadow": b"[2]"}, "u2": {}}
+    assert store.marks_key("u1").endswith("{u1}:last")
+
+
+def test_a_new_script_per_configuration_and_resize(store):
+    store.append_and_read([ev(i, 100.0 + i) for i in range(6)])
+    store.resize(6)
+    (window,) = store.append_and_read([ev(6, 106.0)])
+    assert window.items == ["i2", "i3", "i4", "i5", "i6"]  # keep was 4 when e0, e1 arrived: trimmed

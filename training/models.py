@@ -113,6 +113,17 @@ class CausalMask(layers.Layer):
 
 
 @keras.saving.register_keras_serializable("seqcast")
+class LastQueryMask(layers.Layer):
+    """[B, L] padding mask -> [B, 1, L]: `CausalMask`'s last row, computed alone (the newest
+    position sees every real key, and itself), for `_last_query_block`."""
+
+    def call(self, mask):
+        length = ops.shape(mask)[1]
+        newest = ops.cast(ops.equal(ops.arange(length), length - 1), "float32")[None, None, :]
+        return ops.greater(ops.maximum(ops.expand_dims(mask, 1), newest), 0.5)
+
+
+@keras.saving.register_keras_serializable("seqcast")
 class Positions(layers.Layer):
     """Learned absolute position embeddings, added to the sequence."""
 
@@ -154,9 +165,31 @@ def _transformer_block(x, attention_mask, spec: ModelSpec, index: int):
     return layers.Add()([x, layers.Dropout(spec.dropout)(h)])
 
 
-def _encode(spec: ModelSpec, sequence, mask, every_token: bool = False):
+def _last_query_block(x, mask, spec: ModelSpec, index: int):
+    """`_transformer_block` for the newest position only: [B, T, width] -> [B, 1, width].
+
+    Same layers (names, weights), same arithmetic per row: keys and values still read every
+    position, but the query, the attention row, the residual and the FFN are computed for the
+    last position alone, since no output reads the others. Serving graphs only (see
+    `serving_model`); training keeps the full block, whose every-position states the
+    all-position objective needs."""
+    h = layers.LayerNormalization(epsilon=1e-6, name=f"block{index}_ln1")(x)
+    query = h[:, -1:, :]
+    attention_mask = LastQueryMask(name="last_query_mask")(mask)
+    h = layers.MultiHeadAttention(spec.heads, spec.width // spec.heads, dropout=spec.dropout,
+                                  name=f"block{index}_mha")(query, h, attention_mask=attention_mask)
+    x = layers.Add()([x[:, -1:, :], h])
+    h = layers.LayerNormalization(epsilon=1e-6, name=f"block{index}_ln2")(x)
+    h = layers.Dense(spec.width * 2, activation="relu", name=f"block{index}_ffn1")(h)
+    h = layers.Dense(spec.width, name=f"block{index}_ffn2")(h)
+    return layers.Add()([x, h])
+
+
+def _encode(spec: ModelSpec, sequence, mask, every_token: bool = False, last_query: bool = False):
     """[B, T, width] -> [B, width]: the state after the newest token (last position);
-    with `every_token`, [B, T, width]: every token's state (patch models' flatten head)."""
+    with `every_token`, [B, T, width]: every token's state (patch models' flatten head).
+    `last_query` (serving graphs of causal Transformers): the final block computes the newest
+    position only (`_last_query_block`); same outputs, ~L times less work in that block."""
     tokens = spec.window // spec.patch_len if spec.patch_len else spec.window
     if spec.arch == "lstm":
         h = sequence
@@ -166,9 +199,14 @@ def _encode(spec: ModelSpec, sequence, mask, every_token: bool = False):
         return h
     h = Positions(tokens, spec.width, name="positions")(sequence)
     h = layers.Dropout(spec.dropout)(h)
-    attention_mask = CausalMask(causal=not spec.patch_len, name="causal_mask")(mask)
-    for index in range(spec.depth):
+    last_query = last_query and not every_token
+    full_blocks = spec.depth - 1 if last_query else spec.depth
+    if full_blocks:
+        attention_mask = CausalMask(causal=not spec.patch_len, name="causal_mask")(mask)
+    for index in range(full_blocks):
         h = _transformer_block(h, attention_mask, spec, index)
+    if last_query:
+        h = _last_query_block(h, mask, spec, spec.depth - 1)
     h = layers.LayerNormalization(epsilon=1e-6, name="final_ln")(h)
     return h if every_token else h[:, -1, :]
 
@@ -185,9 +223,35 @@ def _patch_forecast(spec: ModelSpec, norm_values, dts, mask):
     return layers.Dense(spec.horizon, name="forecast_dense")(hidden)
 
 
-def build_model(spec: ModelSpec) -> keras.Model:
-    """The serving model: four window inputs -> {item_scores?, forecast?}."""
+def build_model(spec: ModelSpec, last_query: bool = False) -> keras.Model:
+    """The serving model: four window inputs -> {item_scores?, forecast?}.
+
+    `last_query`: the inference form of the same function (see `serving_model`); the model keeps
+    its spec as `seqcast_spec`, so the exporter can build that form from a trained model."""
     spec.validate()
+    model = _build(spec, last_query)
+    model.seqcast_spec = spec
+    return model
+
+
+def serving_model(model: keras.Model) -> keras.Model:
+    """The graph to export for a trained `model`: a causal Transformer's final block computed for
+    the newest position only (its outputs read nothing else), with the trained weights copied by
+    layer name; any other model as it is. The exporter's parity check compares the export with
+    `model` itself, so a rewrite that changed an output would fail the export."""
+    spec = getattr(model, "seqcast_spec", None)
+    if spec is None or spec.arch != "transformer" or spec.patch_len:
+        return model
+    lean = _build(spec, last_query=True)
+    for layer in lean.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    lean.seqcast_spec = spec
+    return lean
+
+
+def _build(spec: ModelSpec, last_query: bool) -> keras.Model:
+    """`build_model` without the spec attribute."""
     L = spec.window
     items = keras.Input((L,), dtype="int32", name="items")
     values = keras.Input((L,), dtype="float32", name="values")
@@ -207,7 +271,7 @@ def build_model(spec: ModelSpec) -> keras.Model:
         embedding = layers.Embedding(spec.vocab_size, spec.width, name="item_embedding")
         x = layers.Add()([x, embedding(items)])
     x = x * ops.expand_dims(mask, -1)
-    hidden = _encode(spec, x, mask)
+    hidden = _encode(spec, x, mask, last_query=last_query)
     hidden = layers.Dropout(spec.dropout)(hidden)
 
     outputs = {}
