@@ -16,18 +16,19 @@ import logging
 import signal
 import threading
 
-import redis
 from prometheus_client import CollectorRegistry
 
-from streamer.bundle import load_bundle
+from streamer.bundle import BundleError, load_bundle
+from streamer.connections import check_files, check_kafka, check_redis, redis_client
 from streamer.http import Health, serve_http
 from streamer.live_accuracy import LiveScorer
-from streamer.logs import configure, log_event
+from streamer.logs import configure, log_event, redact
 from streamer.metrics import Metrics
 from streamer.predict import Models
 from streamer.registry import Registry
 from streamer.rollout import ModelManager, ref_for
 from streamer.outages import Backoff, redis_unavailable, sleep_unless
+from streamer.security import SecurityError
 from streamer.service import Service
 from streamer.settings import Settings, SettingsError
 from streamer.transport import Consumer, Producer, broker_unavailable, create_topics, partition_count
@@ -58,15 +59,6 @@ def wait_until_up(what: str, step, stop) -> object:
             sleep_unless(stop, delay)
 
 
-def redis_client(settings: Settings, timeout_s: float = 10.0):
-    """A binary-safe client for `redis_url` (RedisCluster when redis_cluster is set)."""
-    options = {"socket_timeout": timeout_s, "socket_connect_timeout": min(3.0, timeout_s),
-               "health_check_interval": 30}
-    if settings.redis_cluster:
-        return redis.RedisCluster.from_url(settings.redis_url, **options)
-    return redis.Redis.from_url(settings.redis_url, **options)
-
-
 def load_models(settings: Settings, metrics: Metrics) -> Models | None:
     """The configured bundle (--bundle / --model-name), or None when only the registry names one."""
     try:
@@ -75,11 +67,22 @@ def load_models(settings: Settings, metrics: Metrics) -> Models | None:
         if settings.registry_poll_ms:
             return None  # the registry must name an active bundle (checked by start_models)
         raise
-    bundle = load_bundle(path, settings.inference_threads)
+    from streamer.signing import trusted_from_settings  # trusted_keys: the bundle must be signed by one
+
+    try:
+        bundle = load_bundle(path, settings.inference_threads, trusted_from_settings(settings))
+    except BundleError as err:
+        if settings.bundle or not settings.registry_poll_ms:
+            raise  # the bundle asked for by path, or the only source: a bad one must stop the start
+        # the newest version of model_name is only a fallback while a registry decides: a bad one
+        # (unsigned, corrupt, mid-write) must not keep every pod down while the registry names a good one
+        log_event(log, "newest bundle refused; the registry must name one", logging.WARNING, path=str(path),
+                  error=str(err))
+        return None
     m = bundle.manifest
     metrics.model_info.labels(m.name, m.version, m.arch, "primary").set(1)
     log_event(log, "model loaded", path=str(bundle.path), name=m.name, version=m.version, arch=m.arch,
-              window=m.window, horizon=m.horizon)
+              window=m.window, horizon=m.horizon, signed_by=bundle.signer)
     return Models.single(bundle, settings.top_k)
 
 
@@ -95,8 +98,11 @@ def start_models(settings: Settings, client, metrics: Metrics,
     registry = Registry(client, settings.key_prefix)
     if fallback is not None and registry.read().active is None:
         registry.promote(ref_for(settings.models_dir, fallback.arms["primary"].path))
+    from streamer.signing import trusted_from_settings
+
     manager = ModelManager(registry, settings.models_dir, fallback, metrics, settings.top_k,
-                           settings.inference_threads, settings.registry_poll_ms / 1000)
+                           settings.inference_threads, settings.registry_poll_ms / 1000,
+                           trusted=trusted_from_settings(settings))  # registry bundles: signed, when required
     manager.refresh()  # apply the registry before the first batch
     if manager.current is None:
         raise SettingsError("no bundle to serve: the registry names none that loads, and no --bundle was given")
@@ -106,13 +112,17 @@ def start_models(settings: Settings, client, metrics: Metrics,
 
 def ensure_output_topics(settings: Settings) -> None:
     """Create the prediction and DLQ topics if missing, with as many partitions as the input."""
-    client = settings.kafka_client
-    partitions = max(1, partition_count(settings.bootstrap_servers, settings.input_topic, client=client))
-    create_topics(settings.bootstrap_servers, [settings.output_topic, settings.dlq_topic], partitions, client=client)
+    client, security = settings.kafka_client, settings.kafka_security()
+    check_kafka(settings)  # a TLS handshake first: its failure names the CA file, a client's timeout would not
+    partitions = max(1, partition_count(settings.bootstrap_servers, settings.input_topic, client=client,
+                                        security=security))
+    create_topics(settings.bootstrap_servers, [settings.output_topic, settings.dlq_topic], partitions, client=client,
+                  security=security)
 
 
 def serve(settings: Settings) -> int:
     configure(settings.log_level)
+    redact(*settings.secrets())
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _signum, _frame: stop.set())  # no logging here: not signal-safe
@@ -122,10 +132,12 @@ def serve(settings: Settings) -> int:
     http = serve_http(settings.metrics_host, settings.metrics_port, registry, health) if settings.metrics_port else None
     consumer = producer = manager = None
     try:
+        check_files(settings)  # a TLS or key file that is not there fails now, naming the setting
         fallback = load_models(settings, metrics)  # a bad bundle fails now, before any waiting
         client = redis_client(settings)
         health.redis_client = redis_client(settings, timeout_s=1.0)  # /healthz must answer quickly
         up = lambda what, step: wait_until_up(what, step, stop.is_set)
+        up("redis", lambda: check_redis(settings, client))  # a wrong password or CA fails now, named
         models, manager = up("redis", lambda: start_models(settings, client, metrics, fallback))
         health.model_loaded = True
         store = up("redis", lambda: WindowStore(client, settings.key_prefix, settings.window_len or models.window_len,
@@ -134,11 +146,13 @@ def serve(settings: Settings) -> int:
             if settings.live_accuracy else None
         up("the broker", lambda: ensure_output_topics(settings))
         producer = up("the broker", lambda: Producer(settings.bootstrap_servers, linger_ms=settings.producer_linger_ms,
-                                                     client=settings.kafka_client))
+                                                     client=settings.kafka_client,
+                                                     security=settings.kafka_security()))
         consumer = up("the broker", lambda: Consumer(
             settings.bootstrap_servers, settings.input_topic, settings.group_id,
             assign_all=settings.assign_all_partitions, max_poll_records=settings.max_poll_records,
-            session_timeout_ms=settings.session_timeout_ms, client=settings.kafka_client))
+            session_timeout_ms=settings.session_timeout_ms, client=settings.kafka_client,
+            security=settings.kafka_security()))
         log_event(log, "started", input_topic=settings.input_topic, group_id=settings.group_id,
                   window_len=store.window_len, metrics_port=settings.metrics_port)
         Service(settings, consumer, producer, store, models, metrics, health, manager, live).run(stop.is_set)
@@ -147,6 +161,9 @@ def serve(settings: Settings) -> int:
     except Stopped as waiting_for:
         log_event(log, "stopped cleanly", reason="signal", waiting_for=str(waiting_for))
         return 0
+    except (SecurityError, SettingsError) as err:  # a configuration to fix: one line that says what, no traceback
+        log_event(log, "fatal", logging.ERROR, error=str(err))
+        return 1
     except Exception as err:  # log it as one JSON line; the supervisor restarts us
         log.exception("fatal", extra={"fields": {"error": repr(err)}})
         return 1

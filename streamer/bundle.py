@@ -6,19 +6,38 @@ file, a manifest that does not parse, a checksum that does not match, or an
 ONNX graph whose inputs/outputs differ from what the manifest promises. The
 session is warmed up with one dummy batch before the bundle is handed out, so
 the first real event does not pay for onnxruntime's lazy initialisation.
+
+Integrity covers the manifest itself (format 2): `files` holds the sha256 of
+every file, and `checksums` the sha256 of the canonical JSON of every other
+manifest field (scaler, window, outputs, parity, metrics, ...), so an edited
+manifest is refused with the name of the field that changed. Checksums detect
+accidents and naive edits, not an attacker who recomputes them: that is what
+signatures are for (`streamer.signing`, checked when `trusted` keys are given),
+and a signature covers the canonical manifest, hence every digest in it.
+
+Each file is read once: `load_bundle` hashes the bytes it read and builds the onnxruntime
+session and the vocabulary from those same bytes, never from a second read of the path, so a
+file swapped after its check (by whoever can write the models directory, the very threat
+signing addresses) is never the one served.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+import os
+import stat
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from streamer.features import FORECAST, INPUT_NAMES, ITEM_SCORES, ValueScaler, Vocabulary
 
-FORMAT_VERSION = 1
+if TYPE_CHECKING:
+    from streamer.signing import TrustedKeys
+
+FORMAT_VERSION = 2  # 2: the manifest's own fields are checksummed (`checksums`)
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
 VOCAB_FILE = "items.txt"
@@ -35,6 +54,15 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def canonical_json(value) -> bytes:
+    """One byte string per JSON value (sorted keys, no whitespace): what checksums and signatures cover."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _field_digest(value) -> str:
+    return hashlib.sha256(canonical_json(value)).hexdigest()
 
 
 @dataclass
@@ -59,6 +87,7 @@ class Manifest:
     metrics: dict = field(default_factory=dict)
     parity: dict = field(default_factory=dict)
     hyperparameters: dict = field(default_factory=dict)
+    checksums: dict[str, str] = field(default_factory=dict)  # field name -> sha256 of its canonical JSON
 
     @property
     def has_items(self) -> bool:
@@ -71,17 +100,32 @@ class Manifest:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
+    def to_dict(self) -> dict:
+        """The manifest as its JSON file holds it (tuples as lists), for digests and signatures."""
+        return json.loads(json.dumps(asdict(self)))
+
+    def field_checksums(self) -> dict[str, str]:
+        """sha256 of the canonical JSON of every field but `checksums` itself."""
+        return {name: _field_digest(value) for name, value in self.to_dict().items() if name != "checksums"}
+
+    def sealed(self) -> "Manifest":
+        """This manifest with `checksums` computed: what a writer saves (see `write_manifest`)."""
+        return replace(self, checksums=self.field_checksums())
+
     @classmethod
     def from_file(cls, path: Path) -> "Manifest":
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise BundleError(f"{path}: manifest not found") from None
-        except (ValueError, UnicodeDecodeError) as err:
-            raise BundleError(f"{path}: manifest is not valid JSON ({err})") from None
+        raw = _read_raw(path)
+        if raw.get("format_version") == 1:
+            raise BundleError(f"{path}: format_version 1 predates manifest checksums and cannot be verified: "
+                              f"upgrade it in place with `seqcast reseal {path.parent}` (checks its files, adds "
+                              f"the checksums; sign it again where signatures are required), or re-export it "
+                              f"by re-training with `seqcast train` (writes format_version {FORMAT_VERSION})")
         if raw.get("format_version") != FORMAT_VERSION:
             raise BundleError(f"{path}: format_version {raw.get('format_version')!r} is not {FORMAT_VERSION}")
-        known = set(cls.__dataclass_fields__)
+        return cls._from_raw(path, raw, set(cls.__dataclass_fields__))
+
+    @classmethod
+    def _from_raw(cls, path: Path, raw: dict, known: set[str]) -> "Manifest":
         unknown = set(raw) - known
         if unknown:
             raise BundleError(f"{path}: unknown manifest fields {sorted(unknown)}")
@@ -91,18 +135,135 @@ class Manifest:
             raise BundleError(f"{path}: {err}") from None
 
 
-def verify_files(directory: Path, manifest: Manifest) -> None:
-    """Raise BundleError unless every listed file exists and matches its sha256."""
+def _read_raw(path: Path) -> dict:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"{path}: manifest not found") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise BundleError(f"{path}: manifest is not valid JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise BundleError(f"{path}: manifest is not a JSON object")
+    return raw
+
+
+def upgrade_v1(directory: str | Path) -> Manifest:
+    """The format_version 1 manifest of `directory` as a current one, once its listed files match.
+
+    Not written (`write_manifest` does that, see `streamer.signing.reseal_bundle`) and not sealed
+    yet. Format 1 had no field checksums, so its fields are taken as they are now: the files are
+    what can still be checked, and a mismatch refuses the upgrade naming the file.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise BundleError(f"{directory}: not a bundle directory")
+    path = directory / MANIFEST
+    raw = _read_raw(path)
+    if raw.get("format_version") != 1:
+        raise BundleError(f"{path}: format_version {raw.get('format_version')!r}, not 1: nothing to reseal")
+    v1_fields = set(Manifest.__dataclass_fields__) - {"checksums"}  # format 1 = format 2 without checksums
+    manifest = Manifest._from_raw(path, raw, v1_fields)
+    manifest = replace(manifest, format_version=FORMAT_VERSION)
+    verify_files(directory, manifest)
+    return manifest
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> Manifest:
+    """Seal `manifest` (field checksums) and write it as directory/manifest.json; return the sealed one.
+
+    Anything that edits a manifest (a writer, a tool that re-versions a copy) goes through here;
+    an edit made any other way is refused by `verify_manifest`. Editing a signed bundle's manifest
+    voids its signature: sign it again (`seqcast sign`).
+    """
+    sealed = manifest.sealed()
+    target = Path(directory) / MANIFEST
+    tmp = target.with_name(f".{MANIFEST}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:  # atomic: a reader sees the old manifest or the new one
+        fh.write(sealed.to_json() + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+    return sealed
+
+
+def verify_manifest(directory: Path, manifest: Manifest) -> None:
+    """Raise BundleError naming the first manifest field whose checksum does not match."""
+    path = Path(directory) / MANIFEST
+    if not isinstance(manifest.checksums, dict) or not all(isinstance(v, str) for v in manifest.checksums.values()):
+        raise BundleError(f"{path}: manifest field 'checksums' is not a map of field name to sha256")
+    want = manifest.field_checksums()
+    missing = sorted(set(want) - set(manifest.checksums))
+    if missing:
+        raise BundleError(f"{path}: no checksum for manifest field(s) {', '.join(missing)}")
+    extra = sorted(set(manifest.checksums) - set(want))
+    if extra:
+        raise BundleError(f"{path}: checksums name unknown field(s) {', '.join(extra)}")
+    for name in sorted(want):
+        if want[name] != manifest.checksums[name]:
+            raise BundleError(f"{path}: manifest field {name!r} does not match its checksum "
+                              f"(sha256 {want[name][:12]}… != {str(manifest.checksums[name])[:12]}…): "
+                              "the manifest was edited after it was written")
+
+
+def verify_integrity(directory: str | Path) -> Manifest:
+    """The manifest of `directory` once its own fields and every listed file match their checksums.
+
+    No onnxruntime here: this is what signing checks before it signs, and the first half of
+    `load_bundle`.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise BundleError(f"{directory}: not a bundle directory")
+    manifest = Manifest.from_file(directory / MANIFEST)
+    verify_manifest(directory, manifest)
+    verify_files(directory, manifest)
+    return manifest
+
+
+def verify_files(directory: Path, manifest: Manifest, keep: tuple[str, ...] = ()) -> dict[str, bytes]:
+    """Raise BundleError unless every listed file exists and matches its sha256.
+
+    Returns the verified bytes of the files named in `keep`: each file is opened once and hashed
+    as it is read, so what the caller uses is exactly what was checked (see `load_bundle`).
+    """
     for required in (MODEL_FILE, manifest.vocabulary):
         if required not in manifest.files:
             raise BundleError(f"{directory / MANIFEST}: no checksum listed for {required}")
+    kept: dict[str, bytes] = {}
     for name, expected in manifest.files.items():
         path = directory / name
-        if not path.is_file():
-            raise BundleError(f"{path}: listed in the manifest but missing")
-        actual = sha256_file(path)
-        if actual != expected:
-            raise BundleError(f"{path}: sha256 {actual[:12]}… does not match the manifest's {expected[:12]}…")
+        data = _read_checked(path, expected, name in keep)
+        if name in keep:
+            kept[name] = data
+    return kept
+
+
+def _read_checked(path: Path, expected: str, keep: bool) -> bytes:
+    """One open of `path`: its sha256 checked against `expected`; its bytes if `keep` (else b"").
+
+    O_NONBLOCK and fstat: a FIFO or a device planted under a listed name is refused, not waited on.
+    """
+    digest, chunks = hashlib.sha256(), []
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        raise BundleError(f"{path}: listed in the manifest but missing") from None
+    except OSError as err:
+        raise BundleError(f"{path}: cannot read it ({err.strerror or err})") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BundleError(f"{path}: listed in the manifest but missing (not a regular file)")
+        try:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+                if keep:
+                    chunks.append(chunk)
+        except OSError as err:
+            raise BundleError(f"{path}: cannot read it ({err.strerror or err})") from None
+    actual = digest.hexdigest()
+    if actual != expected:
+        raise BundleError(f"{path}: sha256 {actual[:12]}… does not match the manifest's {expected[:12]}…")
+    return b"".join(chunks)
 
 
 @dataclass
@@ -114,6 +275,7 @@ class Bundle:
     vocab: Vocabulary
     scaler: ValueScaler
     session: object  # onnxruntime.InferenceSession
+    signer: str | None = None  # key id of the trusted key whose signature was verified (None: not checked)
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs for a batch of windows, run in slices of at most INFERENCE_CHUNK rows.
@@ -142,37 +304,53 @@ def _check_signature(directory: Path, manifest: Manifest, session) -> None:
         raise BundleError(f"{directory / MODEL_FILE}: outputs {sorted(got_outputs)} lack {sorted(want_outputs - got_outputs)}")
 
 
-def make_session(model_path: Path, threads: int = 1):
-    """An onnxruntime CPU session; one intra-op thread by default (Kafka and Redis need the other core)."""
+def make_session(model: Path | bytes, threads: int = 1):
+    """An onnxruntime CPU session; one intra-op thread by default (Kafka and Redis need the other core).
+
+    `model` is a path (training, benchmarks) or the model's bytes (`load_bundle`: the bytes it verified).
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def load_bundle(directory: str | Path, threads: int = 1) -> Bundle:
-    """Load, verify and warm up a bundle; raise BundleError naming the problem."""
+def load_bundle(directory: str | Path, threads: int = 1, trusted: "TrustedKeys | None" = None) -> Bundle:
+    """Load, verify and warm up a bundle; raise BundleError naming the problem.
+
+    With `trusted` keys (the `trusted_keys` setting), the bundle must carry a valid signature by
+    one of them; it is checked before the file digests, since those are what the signature vouches for.
+    Every file is read once; the session and the vocabulary are built from the bytes whose digests
+    were checked, so swapping a file on disk after the check changes nothing that is served.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise BundleError(f"{directory}: not a bundle directory")
     manifest = Manifest.from_file(directory / MANIFEST)
-    verify_files(directory, manifest)
+    verify_manifest(directory, manifest)
+    signer = None
+    if trusted is not None:
+        from streamer.signing import verify_signature
+
+        signer = verify_signature(directory, manifest, trusted)
+    verified = verify_files(directory, manifest, keep=(MODEL_FILE, manifest.vocabulary))
     try:
-        vocab = Vocabulary.load(directory / manifest.vocabulary)
+        vocab = Vocabulary.from_bytes(verified[manifest.vocabulary], directory / manifest.vocabulary)
         scaler = ValueScaler.from_dict(manifest.value_scaler)
     except (ValueError, KeyError) as err:
         raise BundleError(f"{directory}: {err}") from None
     if len(vocab) != manifest.vocab_size:
         raise BundleError(f"{directory / manifest.vocabulary}: {len(vocab)} entries, manifest says {manifest.vocab_size}")
     try:
-        session = make_session(directory / MODEL_FILE, threads)
+        session = make_session(verified[MODEL_FILE], threads)
     except Exception as err:  # onnxruntime raises its own exception types
         raise BundleError(f"{directory / MODEL_FILE}: onnxruntime cannot load it ({err})") from None
     _check_signature(directory, manifest, session)
-    bundle = Bundle(directory, manifest, vocab, scaler, session)
+    bundle = Bundle(directory, manifest, vocab, scaler, session, signer)
     warm_up(bundle)
     return bundle
 

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+from streamer.security import SecurityError
 from streamer.settings import Settings, SettingsError
 
 SETTINGS_HELP = ("Every setting can also come from the environment as SEQCAST_<NAME> "
@@ -23,9 +24,10 @@ def add_commands(subparsers) -> None:
     _add_replay(subparsers)
     _add_tail(subparsers)
     _add_inspect(subparsers)
-    from streamer import models_cli
+    from streamer import models_cli, signing_cli
 
     models_cli.add_command(subparsers)
+    signing_cli.add_commands(subparsers)  # keygen, sign
 
 
 def _kafka_flag(parser: argparse.ArgumentParser) -> None:
@@ -81,8 +83,9 @@ def _add_tail(subparsers) -> None:
 
 
 def _add_inspect(subparsers) -> None:
-    p = subparsers.add_parser("inspect", help="print a bundle's manifest and verify its checksums",
-                              description="Load BUNDLE as `serve` would (checksums, ONNX signature, warm-up). "
+    p = subparsers.add_parser("inspect", help="print a bundle's manifest and verify its checksums and signature",
+                              description="Load BUNDLE as `serve` would (file and manifest checksums, the "
+                              "signature when SEQCAST_TRUSTED_KEYS is set, ONNX signature, warm-up). "
                               "Exit 0 if it can be served, 1 with the reason if not.")
     p.add_argument("bundle", metavar="BUNDLE", help="bundle directory models/<name>/<version>")
     p.add_argument("--full", action="store_true", help="print the whole manifest, including the scaler")
@@ -95,6 +98,14 @@ def _settings(args, **flags) -> Settings | None:
     except SettingsError as err:
         print(f"seqcast {args.command}: {err}", file=sys.stderr)
         return None
+
+
+def _check_kafka(settings: Settings) -> None:
+    """Files readable and a TLS handshake that succeeds, before a Kafka client would retry silently."""
+    from streamer.connections import check_files, check_kafka
+
+    check_files(settings)
+    check_kafka(settings)
 
 
 def cmd_serve(args) -> int:
@@ -125,8 +136,14 @@ def cmd_replay(args) -> int:
         return 1
     topic = args.topic or settings.input_topic
     total = len(log) if args.limit is None else min(args.limit, len(log))
-    create_topics(settings.bootstrap_servers, [topic], args.partitions, client=settings.kafka_client)
-    producer = Producer(settings.bootstrap_servers, client=settings.kafka_client)
+    try:
+        _check_kafka(settings)
+        create_topics(settings.bootstrap_servers, [topic], args.partitions, client=settings.kafka_client,
+                      security=settings.kafka_security())
+        producer = Producer(settings.bootstrap_servers, client=settings.kafka_client, security=settings.kafka_security())
+    except (SettingsError, SecurityError) as err:
+        print(f"seqcast replay: {err}", file=sys.stderr)
+        return 1
     try:
         with tqdm(total=total, unit="ev", desc=f"replay -> {topic}") as bar:
             sent = replay(log.events(), producer, topic, args.rate, args.limit, bar)
@@ -137,13 +154,19 @@ def cmd_replay(args) -> int:
 
 
 def cmd_tail(args) -> int:
-    from streamer.transport import Consumer
+    from streamer.transport import Consumer, TransportError
 
     settings = _settings(args, bootstrap_servers=args.bootstrap_servers)
     if settings is None:
         return 2
-    consumer = Consumer(settings.bootstrap_servers, args.topic or settings.output_topic, None, assign_all=True,
-                        start="earliest" if args.from_beginning else "latest", client=settings.kafka_client)
+    try:
+        _check_kafka(settings)
+        consumer = Consumer(settings.bootstrap_servers, args.topic or settings.output_topic, None, assign_all=True,
+                            start="earliest" if args.from_beginning else "latest", client=settings.kafka_client,
+                            security=settings.kafka_security())
+    except (SettingsError, SecurityError, TransportError) as err:
+        print(f"seqcast tail: {err}", file=sys.stderr)
+        return 1
     shown = 0
     try:
         while args.limit is None or shown < args.limit:
@@ -161,16 +184,32 @@ def cmd_tail(args) -> int:
 
 def cmd_inspect(args) -> int:
     from streamer.bundle import BundleError, load_bundle
+    from streamer.signing import read_signature, trusted_from_settings
 
+    settings = _settings(args)  # trusted_keys: with it, inspect refuses what serve would refuse
+    if settings is None:
+        return 2
     try:
-        bundle = load_bundle(args.bundle)
-    except BundleError as err:
+        trusted = trusted_from_settings(settings)
+        bundle = load_bundle(args.bundle, trusted=trusted)
+    except (BundleError, SettingsError) as err:
         print(f"seqcast inspect: {err}", file=sys.stderr)
         return 1
     manifest = json.loads(bundle.manifest.to_json())
     if not args.full:
         manifest["value_scaler"] = {k: v for k, v in manifest["value_scaler"].items() if k != "per_entity"} | {
             "per_entity": f"{len(bundle.scaler.per_entity)} entities"}
+        manifest["checksums"] = f"{len(manifest['checksums'])} fields"
     print(json.dumps(manifest, indent=2, sort_keys=True))
-    print(f"OK: {args.bundle} verified (checksums, ONNX signature, warm-up inference)", file=sys.stderr)
+    if bundle.signer:
+        signed = f"signed by key id {bundle.signer} (verified against trusted_keys)"
+    else:  # without trusted keys a signature is reported, not checked (serve would not check it either)
+        try:
+            claimed = read_signature(args.bundle)
+            signed = f"signed, claims key id {claimed['key_id']} (not verified: trusted_keys is not set)" \
+                if claimed else "unsigned"
+        except BundleError as err:
+            signed = f"signature unreadable, not checked ({err})"
+    print(f"OK: {args.bundle} verified (manifest and file checksums, ONNX inputs/outputs, warm-up inference); {signed}",
+          file=sys.stderr)
     return 0

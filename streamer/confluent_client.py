@@ -49,6 +49,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -60,6 +61,7 @@ from confluent_kafka import Producer as RdProducer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamer import transport
+from streamer.security import PLAINTEXT, KafkaSecurity, SecurityError
 from streamer.transport import (BROKER_STALE_S, COMMIT_TIMEOUT_MS, MAX_FRAME_BYTES, RECONNECT_BACKOFF_MAX_MS,
                                 BrokerUnavailable, CommitOutcome, DeliveryError, Headers, Partition,
                                 RebalanceListener, Record, TransportError)
@@ -88,9 +90,61 @@ def unavailable(err: BaseException) -> bool:
     return error.code() in _UNAVAILABLE or (error.retriable() and not error.fatal())
 
 
-def _common(bootstrap_servers: str) -> dict[str, Any]:
+# Errors that say the broker refuses us (credentials, certificates, ACLs): waiting will not fix them.
+_REFUSALS = {KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED,
+             KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
+             KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError.ILLEGAL_SASL_STATE,
+             KafkaError.UNSUPPORTED_SASL_MECHANISM}
+
+
+def _common(bootstrap_servers: str, security: KafkaSecurity | None) -> dict[str, Any]:
     return {"bootstrap.servers": bootstrap_servers, "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,
-            "socket.timeout.ms": SOCKET_TIMEOUT_MS, "logger": client_log, "log.connection.close": False}
+            "socket.timeout.ms": SOCKET_TIMEOUT_MS, "logger": client_log, "log.connection.close": False,
+            **(security or PLAINTEXT).confluent_options()}
+
+
+_BROKER_PREFIX = re.compile(r"^\S+://\S+/\S+:\s*")  # librdkafka's "sasl_ssl://host:9093/bootstrap: "
+_DROPPED = ("disconnected", "connection reset", "closed by", "eof")  # a _SSL error from a connection cut short
+
+
+def refusal(err: KafkaError, security: KafkaSecurity | None, where: str) -> str | None:
+    """The operator's sentence when `err` means the broker refuses these credentials or this TLS
+    setup, else None. Decided by the error code: a broker that is down or restarting reports
+    _TRANSPORT / _ALL_BROKERS_DOWN (waited for), a refused handshake _SSL or _AUTHENTICATION.
+    librdkafka reports these through error_cb, not through the failed call."""
+    if err.code() not in _REFUSALS:
+        return None
+    security = security or PLAINTEXT
+    detail = _BROKER_PREFIX.sub("", err.str())
+    if err.code() == KafkaError._SSL:
+        if any(word in detail.lower() for word in _DROPPED):
+            return None
+        return f"TLS handshake with {where} failed: {detail} ({security.ca_text()})"
+    if err.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED,
+                      KafkaError.UNSUPPORTED_SASL_MECHANISM, KafkaError.ILLEGAL_SASL_STATE):
+        if not security.uses_sasl:
+            return f"the broker at {where} requires authentication: {detail} (set kafka_security_protocol)"
+        return f"SASL authentication failed for user '{security.sasl_username}' " \
+               f"(mechanism {security.sasl_mechanism}) at {where}: {detail}"
+    return f"the broker at {where} refused seqcast ({err.name()}): {detail}; check the ACLs of user " \
+           f"'{security.sasl_username or 'ANONYMOUS'}'"
+
+
+class _Refusals:
+    """An error_cb that keeps the last refusal (see `refusal`) and logs every error once per kind."""
+
+    def __init__(self, security: KafkaSecurity | None, where: str, role: str) -> None:
+        self.security, self.where, self.role = security, where, role
+        self.last: str | None = None
+
+    def __call__(self, err: KafkaError) -> None:
+        described = refusal(err, self.security, self.where)
+        if described:
+            if described != self.last:  # librdkafka retries every backoff: say it once per cause
+                client_log.error("%s: %s", self.role, described)
+            self.last = described
+        else:
+            client_log.warning("%s error: %s", self.role, err)
 
 
 def _in_background(name: str, call, **kwargs) -> Future:
@@ -115,10 +169,11 @@ class Consumer(transport.Consumer):
 
     def __init__(self, bootstrap_servers: str, topic: str, group_id: str | None, *, assign_all: bool = False,
                  max_poll_records: int = 500, session_timeout_ms: int = 10000, start: str = "earliest",
-                 client: str | None = None) -> None:
+                 client: str | None = None, security: KafkaSecurity | None = None) -> None:
         """`start` applies where the group has no committed offset ("earliest" or "latest");
         group_id=None (with assign_all) reads without committing anything (tail, tools)."""
         self.topic = topic
+        self.refusals = _Refusals(security, bootstrap_servers, "consumer")
         self.listener: RebalanceListener | None = None
         self.max_poll_records = max_poll_records
         self._brokers_ok = False
@@ -126,7 +181,7 @@ class Consumer(transport.Consumer):
         self._in_revoke = False  # inside on_revoke: commit on this thread (see commit)
         self._lost = False  # inside on_lost: the generation is gone, a commit cannot succeed
         self._consumer = RdConsumer({
-            **_common(bootstrap_servers),
+            **_common(bootstrap_servers, security), "error_cb": self.refusals,
             # librdkafka needs a group.id even to assign partitions; a reader's is never used to commit
             "group.id": group_id or f"seqcast-reader-{uuid.uuid4().hex[:12]}",
             "client.id": f"seqcast-{group_id or 'reader'}",
@@ -310,8 +365,10 @@ class Producer(transport.Producer):
     """Asynchronous sends; `flush()` raises if any send since the last flush failed (see transport)."""
 
     def __init__(self, bootstrap_servers: str, *, linger_ms: int = 5, max_block_ms: int = 10000,
-                 max_request_bytes: int = 2 * 1024 * 1024, client: str | None = None) -> None:
-        self._config = {**_common(bootstrap_servers), "acks": "all", "enable.idempotence": True,
+                 max_request_bytes: int = 2 * 1024 * 1024, client: str | None = None,
+                 security: KafkaSecurity | None = None) -> None:
+        self.refusals = _Refusals(security, bootstrap_servers, "producer")
+        self._config = {**_common(bootstrap_servers, security), "acks": "all", "enable.idempotence": True,
                         "linger.ms": linger_ms, "batch.size": 256 * 1024, "message.max.bytes": max_request_bytes,
                         "delivery.report.only.error": True, "error_cb": self._on_error}
         self._producer = RdProducer(self._config)
@@ -329,7 +386,7 @@ class Producer(transport.Producer):
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():  # e.g. idempotence state lost: this librdkafka producer can deliver nothing more
             self._fatal = err
-        client_log.warning("producer error: %s", err)
+        self.refusals(err)
 
     def send(self, topic: str, value: bytes | None, key: bytes | None = None,
              headers: Headers | None = None) -> None:
@@ -390,18 +447,37 @@ class Producer(transport.Producer):
             log.warning("producer close: %r", err)
 
 
-def _admin(bootstrap_servers: str) -> AdminClient:
+def _admin(bootstrap_servers: str, security: KafkaSecurity | None) -> tuple[AdminClient, _Refusals]:
+    refusals = _Refusals(security, bootstrap_servers, "admin")
     # Tansu creates a topic that Metadata merely asks about unless the request says not to
-    return AdminClient({**_common(bootstrap_servers), "allow.auto.create.topics": False,
-                        "client.id": "seqcast-admin"})
+    return AdminClient({**_common(bootstrap_servers, security), "allow.auto.create.topics": False,
+                        "client.id": "seqcast-admin", "error_cb": refusals}), refusals
 
 
-def create_topics(bootstrap_servers: str, names: Iterable[str], partitions: int = 1) -> None:
-    """Create topics that do not exist yet (existing ones are left as they are)."""
-    new = [NewTopic(name, partitions, 1) for name in names]
+def _failed(err: KafkaException, refusals: _Refusals, what: str, admin: AdminClient) -> Exception:
+    """SecurityError when the broker refused us (waiting will not help), else BrokerUnavailable
+    or TransportError as the error says."""
+    admin.poll(0.1)  # error_cb runs from poll: collect what the failed request saw
+    if refusals.last:
+        return SecurityError(refusals.last)
+    if unavailable(err):
+        return BrokerUnavailable(f"{what}: {err}")
+    return TransportError(f"{what}: {err}")
+
+
+def create_topics(bootstrap_servers: str, names: Iterable[str], partitions: int = 1, *,
+                  security: KafkaSecurity | None = None) -> None:
+    """Create topics that do not exist yet (existing ones are left as they are). Only missing ones
+    are asked for: a broker checks the Create ACL before it looks whether the topic exists, and a
+    least-privilege account (Confluent Cloud, MSK) usually has none for topics made in advance."""
+    admin, refusals = _admin(bootstrap_servers, security)  # kept until the results are in: destroying it fails them
+    try:
+        existing = set(admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics)
+    except KafkaException as err:
+        raise _failed(err, refusals, "listing topics", admin) from err
+    new = [NewTopic(name, partitions, 1) for name in dict.fromkeys(names) if name not in existing]
     if not new:
         return
-    admin = _admin(bootstrap_servers)  # referenced until the results are in: destroying it fails them
     futures = admin.create_topics(new, request_timeout=ADMIN_TIMEOUT_S)
     for name, future in futures.items():
         try:
@@ -409,15 +485,29 @@ def create_topics(bootstrap_servers: str, names: Iterable[str], partitions: int 
         except KafkaException as err:
             if _code(err) == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue
-            if unavailable(err):
-                raise BrokerUnavailable(f"creating {name}: {err}") from err
-            raise TransportError(f"creating {name}: {err}") from err
+            raise _failed(err, refusals, f"creating {name}", admin) from err
 
 
-def partition_count(bootstrap_servers: str, topic: str) -> int:
+def partition_count(bootstrap_servers: str, topic: str, *, security: KafkaSecurity | None = None) -> int:
     """Partitions of `topic` (0 if it does not exist)."""
+    admin, refusals = _admin(bootstrap_servers, security)
     try:
-        found = _admin(bootstrap_servers).list_topics(topic, timeout=ADMIN_TIMEOUT_S).topics.get(topic)
+        found = admin.list_topics(topic, timeout=ADMIN_TIMEOUT_S).topics.get(topic)
     except KafkaException as err:
-        raise BrokerUnavailable(f"no metadata for {topic!r}: {err}") from err
+        failure = _failed(err, refusals, f"no metadata for {topic!r}", admin)
+        raise (failure if isinstance(failure, SecurityError) else BrokerUnavailable(str(failure))) from err
     return 0 if found is None or found.error is not None else len(found.partitions)
+
+
+def check_connection(bootstrap_servers: str, security: KafkaSecurity | None = None, timeout_s: float = 5.0) -> None:
+    """One metadata request as the clients would make it: SecurityError when the broker refuses
+    the credentials or the certificates (librdkafka reports those only to error_cb, and the
+    request itself fails as a bare transport error). Unreachable brokers are not an error here."""
+    admin, refusals = _admin(bootstrap_servers, security)
+    try:
+        admin.list_topics(timeout=timeout_s)
+    except KafkaException:
+        pass
+    admin.poll(0.1)  # error_cb runs from poll
+    if refusals.last:
+        raise SecurityError(refusals.last)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import random
 import socket
 import subprocess
 import time
@@ -59,6 +60,25 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_cluster_ports(count: int) -> list[int]:
+    """Distinct free ports whose Redis Cluster bus port (port + 10000) is free and valid too."""
+    rng, found = random.Random(), []
+    while len(found) < count:
+        port = rng.randrange(20000, 50000)
+        if port not in found and all(_is_free(p) for p in (port, port + 10000)):
+            found.append(port)
+    return found
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
 
 
 def wait_for_port(port: int, timeout_s: float = 15.0, host: str = "127.0.0.1") -> None:

@@ -59,11 +59,20 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: Path) -> "Vocabulary":
-        lines = path.read_text(encoding="utf-8").split("\n")
+        return cls.from_bytes(path.read_bytes(), path)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str | Path) -> "Vocabulary":
+        """The vocabulary in items.txt's bytes; `source` names the file in errors.
+
+        Why from bytes: `load_bundle` builds it from the very bytes whose sha256 it checked.
+        """
+        # universal newlines, as Path.read_text reads: a vocabulary saved on Windows (\r\n) loads the same
+        lines = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n").split("\n")
         if lines and lines[-1] == "":
             lines.pop()
         if tuple(lines[: len(RESERVED)]) != RESERVED:
-            raise ValueError(f"{path}: the first lines must be {RESERVED}, got {lines[:2]}")
+            raise ValueError(f"{source}: the first lines must be {RESERVED}, got {lines[:2]}")
         return cls(lines[len(RESERVED):])
 
 

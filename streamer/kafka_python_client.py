@@ -16,6 +16,7 @@ makes kafka-python's record batches markedly cheaper to build.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Iterable
 
@@ -26,6 +27,7 @@ from kafka.errors import (CommitFailedError, IllegalGenerationError, KafkaError,
 from kafka.structs import OffsetAndMetadata
 
 from streamer import transport
+from streamer.security import PLAINTEXT, KafkaSecurity, SecurityError, describe_kafka_failure
 from streamer.transport import (BROKER_STALE_S, COMMIT_TIMEOUT_MS, MAX_FRAME_BYTES, RECONNECT_BACKOFF_MAX_MS,
                                 CommitOutcome, DeliveryError, Headers, Partition, RebalanceListener, Record,
                                 TransportError)
@@ -37,6 +39,54 @@ _MEMBERSHIP_ERRORS = (CommitFailedError, RebalanceInProgressError, IllegalGenera
 def unavailable(err: BaseException) -> bool:
     """True for kafka-python's retriable errors (no broker, timeouts, coordinator moving)."""
     return isinstance(err, KafkaError) and bool(getattr(err, "retriable", False))
+
+
+class _RefusalLog(logging.Handler):
+    """kafka-python reports a failed SASL exchange or TLS handshake only in kafka.conn's log (the
+    call that needed the connection then times out as NoBrokersAvailable); this keeps the last such
+    line so the failure can be raised as a SecurityError that says what happened. Only the text
+    after the `<BrokerConnection ...>:` prefix is read (the prefix carries client ids and host
+    names, which may contain anything), and only phrases that mean "refused", never "down"."""
+
+    PREFIX = re.compile(r"<BrokerConnection [^>]*>+:?\s*")
+    PHRASES = ("saslauthenticate error", "saslauthenticationfailed", "failed to authenticate",
+               "authentication failed", "unsupportedsaslmechanism", "illegalsaslstate",
+               "certificate verify failed", "sslcertverificationerror", "certificate required",
+               "alert handshake failure", "alert unknown ca", "alert bad certificate")
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.seen = 0
+        self.last = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = self.PREFIX.sub("", record.getMessage())
+        if any(phrase in text.lower() for phrase in self.PHRASES):
+            self.seen += 1
+            self.last = text
+
+
+_refusal_log = _RefusalLog()
+logging.getLogger("kafka.conn").addHandler(_refusal_log)
+
+
+def _refused(since: int, security: KafkaSecurity | None, where: str) -> SecurityError | None:
+    """A SecurityError for a refusal logged by kafka.conn after the count `since`, else None
+    (always None on PLAINTEXT: nothing there can refuse credentials or certificates)."""
+    if _refusal_log.seen == since or security is None or security.protocol == "PLAINTEXT":
+        return None
+    return SecurityError(describe_kafka_failure(_refusal_log.last, security, where)
+                         or f"the broker at {where} refused seqcast: {_refusal_log.last}")
+
+
+def _guarded(bootstrap_servers: str, security: KafkaSecurity | None, call):
+    """`call()`, with a connection refused for security reasons raised as SecurityError."""
+    since = _refusal_log.seen
+    try:
+        result = call()
+    except KafkaError as err:
+        raise (_refused(since, security, bootstrap_servers) or err) from err
+    return result
 
 
 class _Relay(ConsumerRebalanceListener):
@@ -59,21 +109,22 @@ class Consumer(transport.Consumer):
 
     def __init__(self, bootstrap_servers: str, topic: str, group_id: str | None, *, assign_all: bool = False,
                  max_poll_records: int = 500, session_timeout_ms: int = 10000, start: str = "earliest",
-                 client: str | None = None) -> None:
+                 client: str | None = None, security: KafkaSecurity | None = None) -> None:
         """`start` applies where the group has no committed offset ("earliest" or "latest");
         group_id=None (with assign_all) reads without committing anything (tail, tools)."""
         self.topic = topic
         self.listener: RebalanceListener | None = None
-        self._consumer = KafkaConsumer(
+        self._consumer = _guarded(bootstrap_servers, security, lambda: KafkaConsumer(
             bootstrap_servers=bootstrap_servers.split(","), group_id=group_id,
             enable_auto_commit=False, auto_offset_reset=start,
             max_poll_records=max_poll_records, session_timeout_ms=session_timeout_ms,
             heartbeat_interval_ms=max(100, session_timeout_ms // 3),
             fetch_max_wait_ms=100, client_id=f"seqcast-{group_id or 'reader'}",
             receive_message_max_bytes=MAX_FRAME_BYTES, reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
-        )
+            **(security or PLAINTEXT).kafka_python_options(),
+        ))
         if assign_all:
-            partitions = self._consumer.partitions_for_topic(topic)
+            partitions = _guarded(bootstrap_servers, security, lambda: self._consumer.partitions_for_topic(topic))
             if not partitions:
                 raise TransportError(f"topic {topic!r} does not exist or has no partitions")
             self._consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
@@ -172,11 +223,12 @@ class Producer(transport.Producer):
     """
 
     def __init__(self, bootstrap_servers: str, *, linger_ms: int = 5, max_block_ms: int = 10000,
-                 max_request_bytes: int = 2 * 1024 * 1024, client: str | None = None) -> None:
-        self._producer = KafkaProducer(bootstrap_servers=bootstrap_servers.split(","), acks="all",
-                                       linger_ms=linger_ms, retries=5, batch_size=256 * 1024,
-                                       max_request_size=max_request_bytes, max_block_ms=max_block_ms,
-                                       reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS)
+                 max_request_bytes: int = 2 * 1024 * 1024, client: str | None = None,
+                 security: KafkaSecurity | None = None) -> None:
+        self._producer = _guarded(bootstrap_servers, security, lambda: KafkaProducer(
+            bootstrap_servers=bootstrap_servers.split(","), acks="all", linger_ms=linger_ms, retries=5,
+            batch_size=256 * 1024, max_request_size=max_request_bytes, max_block_ms=max_block_ms,
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS, **(security or PLAINTEXT).kafka_python_options()))
         self._sent = 0
         self._epoch = 0
         self._failed: list[tuple[int, BaseException]] = []  # appended from the producer's I/O thread
@@ -214,23 +266,53 @@ class Producer(transport.Producer):
             log.warning("producer close: %r", err)
 
 
-def create_topics(bootstrap_servers: str, names: Iterable[str], partitions: int = 1) -> None:
+def create_topics(bootstrap_servers: str, names: Iterable[str], partitions: int = 1, *,
+                  security: KafkaSecurity | None = None) -> None:
     """Create topics that do not exist yet (existing ones are left as they are)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers.split(","), client_id="seqcast-admin")
-    try:
-        for name in names:
+    admin = _guarded(bootstrap_servers, security, lambda: KafkaAdminClient(
+        bootstrap_servers=bootstrap_servers.split(","), client_id="seqcast-admin",
+        **(security or PLAINTEXT).kafka_python_options()))
+    try:  # only missing topics: the Create ACL is checked before existence (see confluent_client)
+        existing = set(_guarded(bootstrap_servers, security, admin.list_topics))
+        for name in dict.fromkeys(names):
+            if name in existing:
+                continue
             try:
-                admin.create_topics([NewTopic(name, partitions, 1)])
+                _guarded(bootstrap_servers, security, lambda: admin.create_topics([NewTopic(name, partitions, 1)]))
             except TopicAlreadyExistsError:
                 pass
     finally:
         admin.close()
 
 
-def partition_count(bootstrap_servers: str, topic: str) -> int:
+def partition_count(bootstrap_servers: str, topic: str, *, security: KafkaSecurity | None = None) -> int:
     """Partitions of `topic` (0 if it does not exist)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers.split(","), enable_auto_commit=False)
+    consumer = _guarded(bootstrap_servers, security, lambda: KafkaConsumer(
+        bootstrap_servers=bootstrap_servers.split(","), enable_auto_commit=False,
+        **(security or PLAINTEXT).kafka_python_options()))
     try:
-        return len(consumer.partitions_for_topic(topic) or ())
+        return len(_guarded(bootstrap_servers, security, lambda: consumer.partitions_for_topic(topic)) or ())
     finally:
         consumer.close()
+
+
+def check_connection(bootstrap_servers: str, security: KafkaSecurity | None = None, timeout_s: float = 5.0) -> None:
+    """Open one connection to each bootstrap server as the clients would (TLS, SASL, ApiVersions):
+    SecurityError when one is refused for credentials or certificates. kafka-python would
+    otherwise retry such a connection silently inside whichever call needed it, for minutes."""
+    from kafka.conn import BrokerConnection, get_ip_port_afi
+
+    options = (security or PLAINTEXT).kafka_python_options()
+    for server in filter(None, (s.strip() for s in bootstrap_servers.split(","))):
+        host, port, afi = get_ip_port_afi(server)
+        since = _refusal_log.seen
+        conn = BrokerConnection(host, port, afi, client_id="seqcast-check", api_version_auto_timeout_ms=2000,
+                                **options)
+        try:
+            conn.connect_blocking(timeout_s)
+        finally:
+            conn.close()
+        refused = _refused(since, security, server)
+        if refused:
+            raise refused
+

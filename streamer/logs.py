@@ -2,6 +2,11 @@
 
 `log_event(logger, "batch", events=500, dlq=2)` writes
 {"ts": ..., "level": "INFO", "logger": ..., "msg": "batch", "events": 500, "dlq": 2}.
+
+Secrets: settings hold passwords as `Secret` objects that print masked, but a client library
+may still log its own configuration (kafka-python's admin client does, at DEBUG). So every
+secret value registered with `redact()` is replaced by ******** in every line written, whoever
+wrote it: the last line of defence, not the only one.
 """
 from __future__ import annotations
 
@@ -11,6 +16,23 @@ import sys
 import time
 
 
+MASK = "********"
+_secrets: set[str] = set()
+
+
+def redact(*values: str) -> None:
+    """Never write these values (passwords) to a log line; empty values are ignored."""
+    for value in filter(None, values):
+        _secrets.update({value, json.dumps(value)[1:-1]})  # as written, and as escaped inside a JSON line
+
+
+def _masked(text: str) -> str:
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {"ts": round(record.created, 3), "level": record.levelname, "logger": record.name,
@@ -18,7 +40,8 @@ class JsonFormatter(logging.Formatter):
         out.update(getattr(record, "fields", {}))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        line = json.dumps(out, default=str)
+        return _masked(line) if _secrets else line
 
 
 class RepeatFilter(logging.Filter):

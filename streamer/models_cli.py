@@ -4,8 +4,10 @@ The commands only write the registry in Redis (`streamer.registry`); every
 running `seqcast serve` of the same key prefix picks the change up within
 `registry_poll_ms`, loads the bundle off its hot path and swaps between two
 batches. `promote`, `canary` and `shadow` verify the bundle (checksums, a
-warm-up inference) before touching the registry unless `--no-verify`; the
-services verify again and refuse a bad bundle on their own.
+warm-up inference and, when `trusted_keys` is set, its signature) before
+touching the registry unless `--no-verify`; the services verify again and
+refuse a bad bundle on their own. A REF outside the models directory is
+refused even with `--no-verify`: the services would refuse it anyway.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from streamer.settings import Settings, SettingsError
 
-ROLE_HELP = "REF: <name>/<version> under --models-dir, or a bundle directory path"
+ROLE_HELP = "REF: <name>/<version> under --models-dir, or the path of a bundle directory inside it"
 
 
 def add_command(subparsers) -> None:
@@ -44,7 +46,8 @@ def add_command(subparsers) -> None:
     shadow.add_argument("--off", action="store_true", help="end the shadow")
     actions.add_parser("rollback", help="re-activate the previous active version and end any canary")
     for sub in (promote, canary, shadow):
-        sub.add_argument("--no-verify", action="store_true", help="skip the local checksum and warm-up check")
+        sub.add_argument("--no-verify", action="store_true",
+                         help="skip the local checksum, signature and warm-up check")
     p.set_defaults(handler=cmd_models)
 
 
@@ -53,13 +56,19 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _ref(settings: Settings, raw: str, verify: bool) -> str:
-    from streamer.bundle import load_bundle
+    """The registry ref for REF, checked to lie inside models_dir and (unless not `verify`) to load."""
+    from streamer.bundle import BundleError, load_bundle
     from streamer.rollout import ref_for, resolve
+    from streamer.signing import trusted_from_settings
 
     path = Path(raw)
     ref = ref_for(settings.models_dir, path) if path.is_dir() else raw
+    if path.is_dir() and Path(ref).is_absolute():
+        raise BundleError(f"{raw} is outside the models directory {Path(settings.models_dir).resolve()}: "
+                          "services only load bundles under it (move the bundle there, or set --models-dir)")
+    directory = resolve(settings.models_dir, ref)  # BundleError for '..', absolute refs, symlink escapes
     if verify:
-        load_bundle(resolve(settings.models_dir, ref))  # raises BundleError naming the problem
+        load_bundle(directory, trusted=trusted_from_settings(settings))  # raises BundleError naming the problem
     return ref
 
 
@@ -67,11 +76,14 @@ def cmd_models(args: argparse.Namespace) -> int:
     import redis
 
     from streamer.bundle import BundleError
+    from streamer.connections import check_redis, redis_client
     from streamer.registry import Registry
+    from streamer.security import SecurityError
 
     try:
         settings = _settings(args)
-        client = redis.Redis.from_url(settings.redis_url)
+        client = redis_client(settings)  # ACL user, password and TLS like the services
+        check_redis(settings, client)  # a wrong password or CA is named, as `serve` names it
         registry = Registry(client, settings.key_prefix)
         if args.action == "list":
             print(list_models(client, settings, registry))
@@ -94,7 +106,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             registry.set_shadow(ref)
         print(f"{args.action}: {ref}" + (f" ({args.percent:g}% of users)" if args.action == "canary" else ""))
         return 0
-    except (SettingsError, BundleError, LookupError, ValueError, redis.RedisError) as err:
+    except (SettingsError, SecurityError, BundleError, LookupError, ValueError, redis.RedisError) as err:
         print(f"seqcast models: {err}", file=sys.stderr)
         return 2
 
@@ -204,6 +216,7 @@ def _refs(settings: Settings, roles: dict, live: list) -> list[str]:
 
 def list_models(client, settings: Settings, registry) -> str:
     """A table of every bundle with the registry's roles checked against the live instances' heartbeats."""
+    from streamer.bundle import BundleError
     from streamer.rollout import resolve
     from streamer.served import read_served
 
@@ -211,9 +224,9 @@ def list_models(client, settings: Settings, registry) -> str:
     live, stale = read_served(client, settings.key_prefix)
     lines = ["| ref | role | arch | L | H | offline test | live accuracy |", "|---|---|---|---|---|---|---|"]
     for ref in _refs(settings, roles, live):
-        try:
+        try:  # a ref outside models_dir (a service's --bundle) is listed, but its files are not read
             manifest = json.loads((resolve(settings.models_dir, ref) / "manifest.json").read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, BundleError):
             manifest = {}
         version = manifest.get("version", Path(ref).name)
         lines.append(f"| {ref} | {_role_cell(ref, roles.get(ref, []), live)} | {manifest.get('arch', '?')} | "

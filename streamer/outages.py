@@ -25,9 +25,14 @@ _UNAVAILABLE_REPLIES = ("OOM", "LOADING", "MASTERDOWN", "READONLY", "CLUSTERDOWN
 
 
 def redis_unavailable(err: BaseException) -> bool:
-    """True when `err` says Redis is (temporarily) not serving, as opposed to a problem with the data."""
+    """True when `err` says Redis is (temporarily) not serving, as opposed to a problem with the data.
+
+    A permission the ACL user lacks counts as "not serving": it says nothing about the message, so
+    dead-lettering would lose every event until the ACL is fixed; holding the batch loses none."""
     if isinstance(err, rex.ClusterError) and "slot" in str(err).lower():
         return True  # e.g. "all slots are not covered", a cluster mid-failover
+    if isinstance(err, rex.NoPermissionError) or "user executing the script can't run" in str(err):
+        return True  # NOPERM, at top level or inside a script (see streamer.security.describe_redis_failure)
     if isinstance(err, _UNAVAILABLE):
         return True
     return isinstance(err, rex.ResponseError) and str(err).split(" ", 1)[0] in _UNAVAILABLE_REPLIES

@@ -15,12 +15,22 @@ relative to the models directory):
 The CLI writes, the services read: a service polls `epoch` every second or
 so and re-reads the three role keys only when it moved. Each key is read
 with its own command (no MGET), so this works unchanged on Redis Cluster.
+
+A ref names a bundle inside the models directory and nothing else: whoever can
+write these keys must not be able to make a service load an arbitrary
+directory of its host. `ref_problem` is the syntactic half of that rule (no
+`..`, no NUL or backslash); `streamer.rollout.resolve` adds the filesystem half:
+the ref, symlinks followed, must lie under the models directory (an absolute
+path is accepted only when it does). Both the CLI and the services apply it;
+the one exception is a service's own `--bundle`, which it seeds into an empty
+registry and may serve by that ref even from outside.
 """
 from __future__ import annotations
 
 import json
 import zlib
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 ROLES = ("active", "canary", "shadow")
 HISTORY_LIMIT = 20
@@ -37,6 +47,17 @@ class Assignment:
 
     def refs(self) -> set[str]:
         return {r for r in (self.active, self.canary, self.shadow) if r}
+
+
+def ref_problem(ref: str | None) -> str | None:
+    """Why `ref` cannot be a registry ref, whatever the models directory (see `streamer.rollout.resolve`), or None."""
+    if not ref or not ref.strip():
+        return "empty"
+    if "\x00" in ref or "\\" in ref:
+        return "contains a NUL or a backslash"
+    if ".." in PurePosixPath(ref).parts:
+        return "contains '..' (refs must stay inside the models directory)"
+    return None
 
 
 def on_canary(user_id: str, percent: float) -> bool:

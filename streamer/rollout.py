@@ -12,6 +12,12 @@ keeps serving, `seqcast_model_load_failures_total` goes up and the error is
 logged. The same epoch is not retried; the operator fixes the bundle and
 promotes again (which moves the epoch).
 
+The registry is not trusted with paths: a ref that climbs with `..`, or is
+an absolute path or a symlink leading out of the models directory, is refused the
+same way (`resolve`), and with `trusted_keys` set an unsigned or wrongly
+signed bundle is too (`streamer.signing`). The one ref served from outside
+the models directory is the fallback's own (`--bundle`), already loaded.
+
 Because a refusal leaves the registry naming a version nobody runs, the same
 thread reports what this process actually serves (`streamer.served`): a
 heartbeat on every applied or refused change and every `heartbeat_s`, which
@@ -27,16 +33,29 @@ from streamer.bundle import Bundle, BundleError, load_bundle
 from streamer.logs import log_event
 from streamer.metrics import Metrics
 from streamer.predict import CANARY, PRIMARY, SHADOW, Models
-from streamer.registry import Assignment, Registry
+from streamer.registry import Assignment, Registry, ref_problem
 from streamer.served import Heartbeat, short_error
+from streamer.signing import TrustedKeys
 
 log = logging.getLogger("streamer.rollout")
 
 
 def resolve(models_dir: str | Path, ref: str) -> Path:
-    """A registry ref (`<name>/<version>` under models_dir, or an absolute path) -> bundle directory."""
-    path = Path(ref)
-    return path if path.is_absolute() else Path(models_dir) / ref
+    """A registry ref (`<name>/<version>` under models_dir) -> its bundle directory, symlinks resolved.
+
+    BundleError for a ref that contains `..` or that lies, once symlinks are followed, outside
+    models_dir (an absolute path is accepted only inside it): the registry names bundles, it
+    does not choose directories.
+    """
+    problem = ref_problem(ref)
+    if problem:
+        raise BundleError(f"registry ref {ref!r} refused: {problem}")
+    root = Path(models_dir).resolve()
+    path = (root / ref).resolve()
+    if path == root or not path.is_relative_to(root):
+        raise BundleError(f"registry ref {ref!r} refused: outside the models directory {root} "
+                          f"(it resolves to {path})")
+    return path
 
 
 def ref_for(models_dir: str | Path, bundle_path: Path) -> str:
@@ -60,12 +79,14 @@ class ModelManager:
 
     def __init__(self, registry: Registry, models_dir: str | Path, fallback: Models | None,
                  metrics: Metrics, top_k: int = 0, threads: int = 1, poll_s: float = 1.0,
-                 heartbeat_s: float = 5.0, instance: str | None = None) -> None:
+                 heartbeat_s: float = 5.0, instance: str | None = None,
+                 trusted: TrustedKeys | None = None) -> None:
         self.registry = registry
         self.models_dir = models_dir
         self.metrics = metrics
         self.top_k, self.threads, self.poll_s = top_k, threads, poll_s
         self.fallback = fallback
+        self.trusted = trusted  # None: signatures not required
         self.current: Models | None = fallback
         self.assignment = Assignment()
         self._bundles: dict[str, Bundle] = {}
@@ -79,6 +100,9 @@ class ModelManager:
         fallback_arms = fallback.arms if fallback else {}
         self._fallback_refs = {arm: ref_for(models_dir, b.path) for arm, b in fallback_arms.items()}
         self.arm_refs: dict[str, str] = dict(self._fallback_refs)
+        # the fallback's bundles by ref: loaded and verified at start, served by that ref even from
+        # outside models_dir (start_models seeds an empty registry with it)
+        self._fallback_bundles = {self._fallback_refs[arm]: b for arm, b in fallback_arms.items()}
         self.served_epoch: int | None = None
         self.refused: dict | None = None
         self.heartbeat = Heartbeat(registry.redis, registry.prefix, max(poll_s, heartbeat_s), instance)
@@ -115,9 +139,11 @@ class ModelManager:
         self._report_now = True
 
     def _load(self, ref: str) -> Bundle:
+        if ref in self._fallback_bundles:
+            return self._fallback_bundles[ref]
         if ref not in self._bundles:
             try:
-                self._bundles[ref] = load_bundle(resolve(self.models_dir, ref), self.threads)
+                self._bundles[ref] = load_bundle(resolve(self.models_dir, ref), self.threads, self.trusted)
             except BundleError as err:
                 raise RefusedBundle(ref, str(err)) from err
         return self._bundles[ref]

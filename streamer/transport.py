@@ -15,6 +15,9 @@ unreachable broker as an outcome ("rebalanced", "unavailable"), never an excepti
 `lag()` comes from the high watermark that fetch responses carry (no extra round trip):
 ListOffsets(latest) on Tansu returns the last *batch*'s base offset + 1, not the high
 watermark. `broker_reachable()` says whether a broker connection is up and answering.
+Security: both backends take a `KafkaSecurity` (SASL/TLS); a refusal (bad credentials, an
+untrusted certificate) raises streamer.security.SecurityError with an operator's sentence,
+which is not "unavailable": waiting will not fix it.
 Producer: `send()` is asynchronous; `flush()` waits for every send since the previous flush
 and raises `DeliveryError` if any failed, so "flushed" means "acknowledged by the broker"
 (acks=all). Each flush opens a new epoch: a send of an earlier epoch that fails after its
@@ -34,6 +37,8 @@ import sys
 from importlib import import_module
 from types import ModuleType
 from typing import Iterable, Literal, NamedTuple, Protocol, Sequence
+
+from streamer.security import KafkaSecurity
 
 Headers = Sequence[tuple[str, bytes]]
 Partition = tuple[str, int]  # (topic, partition)
@@ -102,8 +107,9 @@ class RebalanceListener(Protocol):
 class Consumer:
     """Reads `topic` as a group member, or (assign_all=True) all its partitions directly.
 
-    `Consumer(bootstrap, topic, group_id, ..., client=None)` returns the chosen backend's
-    subclass; the methods below are the contract every backend keeps.
+    `Consumer(bootstrap, topic, group_id, ..., client=None, security=None)` returns the chosen
+    backend's subclass (`security`: a streamer.security.KafkaSecurity, None = plaintext); the
+    methods below are the contract every backend keeps.
     """
 
     listener: RebalanceListener | None = None
@@ -160,8 +166,8 @@ class Consumer:
 class Producer:
     """Asynchronous sends; `flush()` raises if any send since the last flush failed.
 
-    `Producer(bootstrap, linger_ms=..., max_block_ms=..., max_request_bytes=..., client=None)`
-    returns the chosen backend's subclass.
+    `Producer(bootstrap, linger_ms=..., max_block_ms=..., max_request_bytes=..., client=None,
+    security=None)` returns the chosen backend's subclass.
     """
 
     def __new__(cls, *args, client: str | None = None, **kwargs) -> "Producer":
@@ -183,11 +189,20 @@ class Producer:
 
 
 def create_topics(bootstrap_servers: str, names: Iterable[str], partitions: int = 1, *,
-                  client: str | None = None) -> None:
+                  client: str | None = None, security: KafkaSecurity | None = None) -> None:
     """Create topics that do not exist yet (existing ones are left as they are)."""
-    backend(client).create_topics(bootstrap_servers, names, partitions)
+    backend(client).create_topics(bootstrap_servers, names, partitions, security=security)
 
 
-def partition_count(bootstrap_servers: str, topic: str, *, client: str | None = None) -> int:
+def partition_count(bootstrap_servers: str, topic: str, *, client: str | None = None,
+                    security: KafkaSecurity | None = None) -> int:
     """Partitions of `topic` (0 if it does not exist)."""
-    return backend(client).partition_count(bootstrap_servers, topic)
+    return backend(client).partition_count(bootstrap_servers, topic, security=security)
+
+
+def check_connection(bootstrap_servers: str, *, client: str | None = None,
+                     security: KafkaSecurity | None = None, timeout_s: float = 5.0) -> None:
+    """SecurityError (streamer.security) when the brokers refuse these credentials or this TLS
+    setup; nothing when they accept, or cannot be reached at all (the clients wait for those)."""
+    backend(client).check_connection(bootstrap_servers, security, timeout_s)
+

@@ -46,6 +46,37 @@ def registry(redis_client, key_prefix) -> Registry:
     return Registry(redis_client, key_prefix)
 
 
+@pytest.fixture
+def models_dir(tmp_path, monkeypatch) -> Path:
+    """The services' models directory: registry refs must lie inside it (streamer.rollout.resolve).
+    SEQCAST_MODELS_DIR reaches `seqcast models` (models_cli); service_factory passes it as a setting."""
+    root = tmp_path / "models"
+    monkeypatch.setenv("SEQCAST_MODELS_DIR", str(root))
+    return root
+
+
+def install(bundle: Path, models_dir: Path) -> Path:
+    """A copy of `bundle` at models_dir/<name>/<version>."""
+    dst = models_dir / bundle.parent.name / bundle.name
+    shutil.copytree(bundle, dst)
+    return dst
+
+
+@pytest.fixture
+def bundle_dir(bundle_dir, models_dir) -> Path:  # the session's bundle, inside this test's models_dir
+    return install(bundle_dir, models_dir)
+
+
+@pytest.fixture
+def bundle_dir_v2(bundle_dir_v2, models_dir) -> Path:
+    return install(bundle_dir_v2, models_dir)
+
+
+@pytest.fixture
+def service_factory(service_factory, models_dir):
+    return lambda **settings: service_factory(**{"models_dir": str(models_dir), **settings})
+
+
 def stream(users: int, per_user: int, start: int = 0, seed: int = 0) -> list[Event]:
     """Interleaved events of `users` users, strictly increasing ts per user, items and values."""
     events = []
@@ -144,8 +175,8 @@ def test_shadow_is_scored_but_never_emitted(broker, topics, producer, consumer_f
 
 def test_corrupt_bundle_is_refused_and_old_model_keeps_serving(broker, topics, producer, consumer_factory,
                                                                 service_factory, registry, key_prefix,
-                                                                bundle_dir, tmp_path):
-    corrupt = tmp_path / "corrupt"
+                                                                bundle_dir, models_dir):
+    corrupt = models_dir / "corrupt" / "v1"
     shutil.copytree(bundle_dir, corrupt)
     with open(corrupt / "model.onnx", "r+b") as fh:
         fh.seek(100)
@@ -242,13 +273,13 @@ def tamper(bundle_dir: Path, to: Path) -> Path:
 
 
 def test_models_list_shows_a_refused_bundle_as_not_served(topics, service_factory, registry, redis_client,
-                                                          key_prefix, bundle_dir, tmp_path):
+                                                          key_prefix, bundle_dir, models_dir):
     service = service_factory(assign_all_partitions=True, registry_poll_ms=100, **topics)
     service.wait_ready()
     old_ref, version = registry.read().active, load_bundle(bundle_dir).manifest.version
     (instance,) = [line["instance"] for line in service.logs() if line.get("msg") == "model registry watcher started"]
-    bad_ref = str(tamper(bundle_dir, tmp_path / "tampered").resolve())
-    assert models_cli(key_prefix, "promote", "--no-verify", bad_ref).returncode == 0
+    bad_ref = "tampered/v1"  # the CLI turns a path inside models_dir into its ref
+    assert models_cli(key_prefix, "promote", "--no-verify", str(tamper(bundle_dir, models_dir / bad_ref))).returncode == 0
     wait_for(lambda: metric_value(service.get("/metrics")[1], "seqcast_model_load_failures_total") == 1,
              what="the refusal")
     wait_for(lambda: any(e.refused for e in read_served(redis_client, key_prefix)[0]), what="the refusal's heartbeat")

@@ -7,9 +7,7 @@ results as single-node Redis.
 """
 from __future__ import annotations
 
-import random
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -17,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from streamer.embedded import wait_for_port
+from streamer.embedded import free_cluster_ports, wait_for_port
 from streamer.events import Event
 from streamer.window_store import WindowStore
 
@@ -39,31 +37,13 @@ def redis_server_binary() -> str | None:
         return None
 
 
-def cluster_port() -> int:
-    """A free port whose cluster-bus port (+10000) is free and valid too."""
-    rng = random.Random()
-    while True:
-        port = rng.randrange(20000, 50000)
-        if all(_is_free(p) for p in (port, port + 10000)):
-            return port
-
-
-def _is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     binary = redis_server_binary()
     if binary is None:
         pytest.skip("no redis-server binary to start a cluster with")
     workdir = tmp_path_factory.mktemp("cluster")
-    ports = [cluster_port() for _ in range(3)]
+    ports = free_cluster_ports(3)
     procs = [subprocess.Popen([binary, "--port", str(p), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
                                "--cluster-config-file", f"nodes-{p}.conf", "--save", "", "--appendonly", "no"],
                               cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT) for p in ports]

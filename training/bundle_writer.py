@@ -1,7 +1,9 @@
 """Write a model bundle atomically: build it in a temporary directory, then rename.
 
 A reader (the streamer, `seqcast inspect`) therefore sees either no bundle or a
-complete one with its checksums, never a half-written directory. The version
+complete one with its checksums (files and manifest fields, `write_manifest`), never a
+half-written directory. Signing (`seqcast train --sign-key`) happens in the staging directory too,
+before the rename: a service that loads the newest version never meets it unsigned. The version
 is the UTC creation time plus the first hex digits of the model's sha256, so
 versions sort by time and two different models never share one.
 """
@@ -13,7 +15,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from streamer.bundle import MANIFEST, MODEL_FILE, VOCAB_FILE, Manifest, sha256_file
+from streamer.bundle import MODEL_FILE, VOCAB_FILE, Manifest, sha256_file, write_manifest
 from streamer.features import FORECAST, INPUT_NAMES, ITEM_SCORES, ValueScaler, Vocabulary
 
 
@@ -31,8 +33,10 @@ def io_signature(window: int, vocab_size: int, horizon: int, has_items: bool) ->
 
 def write_bundle(models_dir: Path, name: str, onnx_file: Path, vocab: Vocabulary, scaler: ValueScaler,
                  *, arch: str, window: int, horizon: int, top_k: int, has_items: bool,
-                 training_data: dict, metrics: dict, parity: dict, hyperparameters: dict) -> Path:
-    """Assemble `models_dir/name/<version>/` from an exported ONNX file; return its path."""
+                 training_data: dict, metrics: dict, parity: dict, hyperparameters: dict,
+                 signing_key=None) -> Path:
+    """Assemble `models_dir/name/<version>/` from an exported ONNX file, signed with `signing_key`
+    (an Ed25519 private key) when one is given; return its path."""
     parent = Path(models_dir) / name
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=parent))
@@ -51,7 +55,11 @@ def write_bundle(models_dir: Path, name: str, onnx_file: Path, vocab: Vocabulary
             created_at=now.isoformat(timespec="seconds"), training_data=training_data,
             metrics=metrics, parity=parity, hyperparameters=hyperparameters,
         )
-        (staging / MANIFEST).write_text(manifest.to_json() + "\n", encoding="utf-8")
+        write_manifest(staging, manifest)
+        if signing_key is not None:
+            from streamer.signing import sign_bundle
+
+            sign_bundle(staging, signing_key)
         final = parent / version
         os.replace(staging, final)
         return final

@@ -47,6 +47,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--top-k", type=int, default=10, help="default number of recommendations served")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--sign-key", type=Path, metavar="PATH",
+                       help="Ed25519 private key (PEM, from `seqcast keygen`) to sign each bundle written; "
+                       "passphrase from $SIGNING_KEY_PASSWORD")
     train.set_defaults(handler=run_train)
 
     evaluate = commands.add_parser(
@@ -104,6 +107,7 @@ def run_train(args: argparse.Namespace) -> int:
     from training.data.eventlog import DataError
 
     try:
+        signing_key = _signing_key(args.sign_key)  # a bad key or passphrase fails before any training
         log = load_data(args)  # before TensorFlow loads: a bad file fails in a second
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"seqcast train: {err}", file=sys.stderr)
@@ -119,8 +123,12 @@ def run_train(args: argparse.Namespace) -> int:
         config = FitConfig(args.epochs, args.batch_size, args.lr, args.weight_decay, args.patience,
                            args.max_minutes, args.seed)
         outcome = train_and_export(log, args.models_dir, args.name or log.source, spec, config, args.top_k,
-                                   progress=not args.quiet, use_items=not args.no_items)
+                                   progress=not args.quiet, use_items=not args.no_items, signing_key=signing_key)
         print(f"\n## {arch}: {outcome.bundle}\n")
+        if signing_key is not None:  # signed before it was renamed into place (training/bundle_writer.py)
+            from streamer.signing import key_id
+
+            print(f"signed with key id {key_id(signing_key.public_key())}")
         print(format_report(outcome.metrics))
         for line in verdict(outcome.metrics):
             print(line)
@@ -128,6 +136,15 @@ def run_train(args: argparse.Namespace) -> int:
               f"total {outcome.seconds:.1f} s; parity max |keras-onnx| = {outcome.parity['max_abs_diff']:.2e} "
               f"on {outcome.parity['windows']} windows")
     return 0
+
+
+def _signing_key(path: Path | None):
+    """The private key of --sign-key (SettingsError, a ValueError, naming the file when unusable)."""
+    if path is None:
+        return None
+    from streamer.signing import load_private_key
+
+    return load_private_key(path)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

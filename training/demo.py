@@ -1,10 +1,15 @@
 """`seqcast demo`: the whole system on one machine, from nothing, in one command.
 
 The flow, top to bottom (`run`):
-  1. model: the newest models/demo/<version> trained on exactly this synthetic log, else train one
+  1. broker: --bootstrap (with the user's SEQCAST_KAFKA_* security settings, checked: a wrong CA or
+     a refused SASL login ends the demo here, with the operator's sentence), else an in-memory
+     Tansu on a free loopback port; Redis: --redis (with SEQCAST_REDIS_* user, password and TLS
+     files, checked the same way), else localhost:6379 when it answers PING, else an embedded
+     redis-server on a free port. What the demo starts itself is plaintext: the service does not
+     inherit the security settings meant for the user's clusters (demo_procs.without_security).
+     This comes first so that a wrong setting fails in seconds, not after training;
+  2. model: the newest models/demo/<version> trained on exactly this synthetic log, else train one
      (LSTM, items + forecast heads, about a minute on 2 cores);
-  2. broker: --bootstrap, else an in-memory Tansu on a free loopback port; Redis: --redis, else
-     localhost:6379 when it answers PING, else an embedded redis-server on a free port;
   3. the service: `python -m streamer serve` as a child, on this run's own topics, group and key prefix;
   4. a feed thread replays synthetic events (another seed, same catalogue) plus a few malformed
      messages; the main thread reads the predictions, scores each by the user's next event
@@ -40,8 +45,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from streamer.bundle import FORMAT_VERSION
+from streamer.security import SecurityError, redact_url
+from streamer.settings import ENV_PREFIX, FILE_SUFFIX, Settings, SettingsError
 from training.demo_feed import Feed, read_dlq, replay_events
-from training.demo_procs import KILL_WAIT_S, SIDECAR_GRACE_S, Children, redis_answers
+from training.demo_procs import (KILL_WAIT_S, SIDECAR_GRACE_S, Children, delete_keys, redis_answers, user_redis_answers,
+                                 without_security)
 from training.demo_score import OnlineScore, Run, format_summary, metric_samples, next_events, service_live
 
 if TYPE_CHECKING:  # imported where used: `seqcast --help` must not load Kafka
@@ -79,14 +88,23 @@ def add_command(commands: argparse._SubParsersAction) -> None:
         "event: HR@10 and MAE). /metrics is served while it runs. Ctrl-C (or SIGTERM) stops everything it "
         f"started within {SHUTDOWN_PROMISE_S:.0f} s, however busy the machine; a second Ctrl-C kills it all at once. "
         "Each run uses its own topics, consumer group and Redis key prefix, and deletes its keys at the end. "
-        "Other SEQCAST_* variables in the environment reach the service (see streamer/settings.py).")
+        "Other SEQCAST_* variables in the environment reach the service (see streamer/settings.py). "
+        "Secured clusters: a --bootstrap cluster is reached, by the demo and the service alike, with the "
+        "SEQCAST_KAFKA_* security settings from the environment (SEQCAST_KAFKA_SECURITY_PROTOCOL, "
+        "SEQCAST_KAFKA_SASL_*, SEQCAST_KAFKA_SSL_*), a --redis one with the SEQCAST_REDIS_* ones "
+        "(SEQCAST_REDIS_USERNAME, SEQCAST_REDIS_PASSWORD, SEQCAST_REDIS_SSL_*; rediss:// for TLS); any of "
+        "them as SEQCAST_<NAME>_FILE=path to read it from a file. A refused certificate or login ends the "
+        "demo at start with what was refused. The embedded Tansu and Redis are plaintext: those settings "
+        "are not used for them.")
     add = p.add_argument
     add("--events", type=int, default=20000, help="valid events to replay (default: %(default)s)")
     add("--rate", type=float, default=0.0, help="events per second; 0 = as fast as possible (default: %(default)s)")
     add("--bad-events", type=int, default=5, help="malformed messages mixed in, for the DLQ (default: %(default)s)")
-    add("--bootstrap", metavar="HOST:PORT", help="use these Kafka brokers instead of an embedded Tansu")
-    add("--redis", metavar="URL", help="use this Redis (unset: localhost:6379 if it answers PING, else an embedded "
-        "redis-server; 'embedded': always the embedded one)")
+    add("--bootstrap", metavar="HOST:PORT", help="use these Kafka brokers instead of an embedded Tansu, with the "
+        "SEQCAST_KAFKA_* security settings from the environment (SASL, TLS)")
+    add("--redis", metavar="URL", help="use this Redis (redis:// or rediss://), with the SEQCAST_REDIS_* user, "
+        "password and TLS settings from the environment (unset: localhost:6379 if it answers PING, else an "
+        "embedded redis-server; 'embedded': always the embedded one)")
     add("--metrics-port", type=int, default=9108,
         help="the service's /metrics port; if taken or 0, any free one (default: %(default)s)")
     add("--models-dir", type=Path, default=Path("models"), help="bundles go to MODELS_DIR/demo/ (default: %(default)s)")
@@ -114,14 +132,16 @@ def run(args: argparse.Namespace) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     children = Children(run_id, args.pid_file)
     names = Names(run_id)
-    redis_url = None
+    redis_settings = None
     try:
+        environ = without_security(os.environ, own_kafka=not args.bootstrap, own_redis=not external_redis(args.redis))
+        settings = user_settings(args, environ)
+        settings = broker_for(args.bootstrap, settings, children, log_dir)
+        settings = redis_settings = redis_for(args.redis, settings, children, log_dir)
         bundle = ensure_bundle(args)
-        bootstrap = broker_for(args.bootstrap, children, log_dir)
-        redis_url = redis_for(args.redis, children, log_dir)
-        port = start_service(children, bundle, bootstrap, redis_url, names, metrics_port(args.metrics_port), log_dir)
+        port = start_service(children, bundle, settings, environ, names, metrics_port(args.metrics_port), log_dir)
         print(f"/metrics     http://127.0.0.1:{port}/metrics  (logs in {log_dir})", flush=True)
-        summary = stream(args, bootstrap, names, port, children.get("service"))
+        summary = stream(args, settings, names, port, children.get("service"))
         print(summary, flush=True)
         if args.bootstrap:
             print(f"note         topics {names.events}, {names.predictions} and {names.dlq} remain on "
@@ -130,11 +150,11 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: stopping everything the demo started", file=sys.stderr, flush=True)
         return 130
-    except (DemoError, TimeoutError, FileNotFoundError) as err:
-        print(f"seqcast demo: {err}", file=sys.stderr)
+    except (DemoError, SecurityError, SettingsError, TimeoutError, FileNotFoundError) as err:
+        print(f"seqcast demo: {err}", file=sys.stderr)  # SecurityError: the operator's sentence, no secret
         return 1
     finally:
-        shut_down(children, redis_url, names.key_prefix, interrupts)
+        shut_down(children, redis_settings, names.key_prefix, interrupts)
         # The process exits next. Its final garbage collections would walk every object TensorFlow made
         # (when this run trained): 4.6 s of exit at load 7 on 2 cores, 0.5 s once they are frozen.
         gc.freeze()
@@ -152,7 +172,7 @@ class Interrupts:
         raise KeyboardInterrupt
 
 
-def shut_down(children: Children, redis_url: str | None, key_prefix: str, interrupts: Interrupts) -> None:
+def shut_down(children: Children, redis_settings: Settings | None, key_prefix: str, interrupts: Interrupts) -> None:
     """Stop what this run started, each step within its deadline: the service first (it may still flush
     and commit), then this run's Redis keys (only now: the service would write them again), then Tansu
     and redis-server. After a second Ctrl-C, before or during this, every child is killed at once."""
@@ -160,8 +180,11 @@ def shut_down(children: Children, redis_url: str | None, key_prefix: str, interr
         if interrupts.count > 1:  # asked twice already, e.g. while the feed was stopping
             kill_everything(children)
         children.stop("service")
-        if redis_url is not None:
-            call_within(KEYS_DELETE_S, lambda: delete_keys(redis_url, key_prefix), "delete-keys")
+        if redis_settings is not None:
+            refused: list[str | None] = []
+            call_within(KEYS_DELETE_S, lambda: refused.append(delete_keys(redis_settings, key_prefix)), "delete-keys")
+            if refused and refused[0]:
+                print(f"note         {refused[0]}", file=sys.stderr, flush=True)
         children.stop_all()
     except KeyboardInterrupt:
         kill_everything(children)
@@ -231,6 +254,8 @@ def find_bundle(models_dir: Path, fingerprint: str) -> Path | None:
             manifest = json.loads((version / "manifest.json").read_text())
         except (OSError, ValueError):
             continue
+        if manifest.get("format_version") != FORMAT_VERSION:
+            continue  # written by an older seqcast: the service would refuse it, so train afresh
         if manifest.get("training_data", {}).get("fingerprint") == fingerprint:
             return version
     return None
@@ -259,8 +284,27 @@ def ensure_bundle(args: argparse.Namespace) -> Path:
     return outcome.bundle
 
 
-def broker_for(wanted: str | None, children: Children, log_dir: Path) -> str:
-    """--bootstrap as given (after checking its first broker accepts connections), else an embedded Tansu."""
+def external_redis(wanted: str | None) -> bool:
+    """True when --redis names the user's own Redis (not unset, not 'embedded')."""
+    return bool(wanted) and wanted != "embedded"
+
+
+def user_settings(args: argparse.Namespace, environ: dict[str, str]) -> Settings:
+    """The user's SEQCAST_* settings (security included only for the user's own clusters: `environ` comes
+    from demo_procs.without_security), with --bootstrap and --redis; their files must be readable."""
+    from streamer.connections import check_files
+
+    settings = Settings.from_env(environ, bootstrap_servers=args.bootstrap,
+                                 redis_url=args.redis if external_redis(args.redis) else None)
+    check_files(settings)
+    return settings
+
+
+def broker_for(wanted: str | None, settings: Settings, children: Children, log_dir: Path) -> Settings:
+    """--bootstrap as given (after checking its first broker accepts connections, and that it accepts the
+    TLS and SASL settings: SecurityError says what it refused), else an embedded Tansu. Returns `settings`
+    pointing at the broker."""
+    from streamer.connections import check_kafka
     from streamer.embedded import free_port, wait_for_port
 
     if wanted:
@@ -269,31 +313,37 @@ def broker_for(wanted: str | None, children: Children, log_dir: Path) -> str:
             wait_for_port(int(port), timeout_s=3.0, host=host or "127.0.0.1")
         except (TimeoutError, ValueError):
             raise DemoError(f"no Kafka broker accepts connections at {wanted}") from None
-        print(f"broker       {wanted}", flush=True)
-        return wanted
+        check_kafka(settings)
+        protocol = settings.kafka_security().protocol
+        print(f"broker       {wanted}" + ("" if protocol == "PLAINTEXT" else f" ({protocol})"), flush=True)
+        return settings
 
     port = free_port()
     children.start_tansu(port, log_dir / "tansu.log")
     print(f"broker       Tansu (in memory) on 127.0.0.1:{port}", flush=True)
-    return f"127.0.0.1:{port}"
+    return settings.replace(bootstrap_servers=f"127.0.0.1:{port}")
 
 
-def redis_for(wanted: str | None, children: Children, log_dir: Path) -> str:
-    """--redis URL as given; unset: localhost:6379 if it answers, else embedded; 'embedded': always embedded."""
-    if wanted and wanted != "embedded":
-        if not redis_answers(wanted):
-            raise DemoError(f"no Redis answers PING at {wanted}")
-        print(f"redis        {wanted}", flush=True)
-        return wanted
+def redis_for(wanted: str | None, settings: Settings, children: Children, log_dir: Path) -> Settings:
+    """--redis URL as given (checked with the user's ACL user, password and TLS files: SecurityError names a
+    refusal); unset: localhost:6379 if it answers, else embedded; 'embedded': always embedded. Returns
+    `settings` pointing at that Redis."""
+    if external_redis(wanted):
+        where = redact_url(settings.redis_url)
+        if not user_redis_answers(settings):
+            raise DemoError(f"no Redis answers PING at {where}")
+        user = f" (user {settings.redis_username})" if settings.redis_username else ""
+        print(f"redis        {where}{user}", flush=True)
+        return settings
     if not wanted and redis_answers(LOCAL_REDIS):
         print(f"redis        {LOCAL_REDIS} (answers PING)", flush=True)
-        return LOCAL_REDIS
+        return settings.replace(redis_url=LOCAL_REDIS)
     from streamer.embedded import free_port
 
     port = free_port()
     children.start_redis(port, log_dir / "redis.log")
     print(f"redis        embedded redis-server on 127.0.0.1:{port}", flush=True)
-    return f"redis://127.0.0.1:{port}/0"
+    return settings.replace(redis_url=f"redis://127.0.0.1:{port}/0")
 
 
 def metrics_port(wanted: int) -> int:
@@ -309,18 +359,24 @@ def metrics_port(wanted: int) -> int:
     return free_port()
 
 
-def start_service(children: Children, bundle: Path, bootstrap: str, redis_url: str, names: Names, port: int,
-                  log_dir: Path) -> int:
-    """Create the run's topics, start `python -m streamer serve`, wait until /healthz says ready."""
+def start_service(children: Children, bundle: Path, settings: Settings, environ: dict[str, str], names: Names,
+                  port: int, log_dir: Path) -> int:
+    """Create the run's topics, start `python -m streamer serve`, wait until /healthz says ready.
+
+    The service's environment is `environ` (the user's, less the security settings of what the demo
+    started itself) plus this run's settings, which replace any SEQCAST_<NAME>_FILE of the same name."""
     import streamer
     from streamer.transport import create_topics
 
-    create_topics(bootstrap, [names.events, names.predictions, names.dlq], 1)
-    settings = {"bootstrap_servers": bootstrap, "redis_url": redis_url, "key_prefix": names.key_prefix,
-                "bundle": str(bundle.resolve()), "input_topic": names.events, "output_topic": names.predictions,
-                "dlq_topic": names.dlq, "group_id": f"demo-{names.run_id}", "assign_all_partitions": "true",
-                "metrics_host": "127.0.0.1", "metrics_port": port, "poll_timeout_ms": 100, "top_k": 10}
-    env = dict(os.environ, **{f"SEQCAST_{k.upper()}": str(v) for k, v in settings.items()})
+    create_topics(settings.bootstrap_servers, [names.events, names.predictions, names.dlq], 1,
+                  client=settings.kafka_client, security=settings.kafka_security())
+    own = {"bootstrap_servers": settings.bootstrap_servers, "redis_url": settings.redis_url,
+           "key_prefix": names.key_prefix, "bundle": str(bundle.resolve()), "input_topic": names.events,
+           "output_topic": names.predictions, "dlq_topic": names.dlq, "group_id": f"demo-{names.run_id}",
+           "assign_all_partitions": "true", "metrics_host": "127.0.0.1", "metrics_port": port,
+           "poll_timeout_ms": 100, "top_k": 10}
+    env = {k: v for k, v in environ.items() if k not in {f"{ENV_PREFIX}{n.upper()}{FILE_SUFFIX}" for n in own}}
+    env |= {f"{ENV_PREFIX}{k.upper()}": str(v) for k, v in own.items()}
     root = str(Path(streamer.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     log_path = log_dir / "service.log"
@@ -341,7 +397,7 @@ def start_service(children: Children, bundle: Path, bootstrap: str, redis_url: s
     raise DemoError(f"the service was not ready after 90 s; see {log_path}")
 
 
-def stream(args: argparse.Namespace, bootstrap: str, names: Names, port: int, service) -> str:
+def stream(args: argparse.Namespace, settings: Settings, names: Names, port: int, service) -> str:
     """Feed the events, read and score the predictions live, and return the summary text."""
     from tqdm import tqdm
 
@@ -350,8 +406,9 @@ def stream(args: argparse.Namespace, bootstrap: str, names: Names, port: int, se
     events = replay_events(args)
     lookup = next_events(events)
     score, seen = OnlineScore(), set()
-    consumer = Consumer(bootstrap, names.predictions, None, assign_all=True, start="earliest")
-    feed = Feed(bootstrap, names.events, events, args.bad_events, args.rate)
+    consumer = Consumer(settings.bootstrap_servers, names.predictions, None, assign_all=True, start="earliest",
+                        client=settings.kafka_client, security=settings.kafka_security())
+    feed = Feed(settings, names.events, events, args.bad_events, args.rate)
     bar = None
     try:  # from here on, a Ctrl-C anywhere still stops the feed and closes the consumer
         print(f"streaming    {len(events)} events (+{args.bad_events} malformed) into {names.events}; "
@@ -378,7 +435,7 @@ def stream(args: argparse.Namespace, bootstrap: str, names: Names, port: int, se
     stream_seconds = last_new - feed.started_at
     samples = settled_metrics(port)
     run = Run(feed.valid_sent, feed.malformed_sent, len(seen), stream_seconds,
-              read_dlq(bootstrap, names.dlq, feed.malformed_sent), names.dlq, score, service_live(samples))
+              read_dlq(settings, names.dlq, feed.malformed_sent), names.dlq, score, service_live(samples))
     return format_summary(run)
 
 
@@ -432,19 +489,3 @@ def sample_line(prediction: dict, event, following, hit: bool | None) -> str:
 def fetch(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as resp:
         return resp.read().decode()
-
-
-def delete_keys(redis_url: str, prefix: str) -> None:
-    """Delete this run's window keys (prefix:*); quietly skipped if Redis is gone. Short socket timeouts:
-    this runs during shutdown (the caller also bounds the whole step, see `shut_down`)."""
-    import redis
-
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=0.5, socket_timeout=1)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        for start in range(0, len(keys), 500):
-            client.delete(*keys[start:start + 500])
-    except (redis.RedisError, OSError):
-        pass
-    finally:
-        client.close()

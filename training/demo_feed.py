@@ -10,6 +10,9 @@ thread is a daemon, so one stuck in a flush that began before the stop cannot
 hold the demo's exit. `replay_events` builds the
 replay: a fresh synthetic log (training seed + 1, same users and catalogue),
 in stream order, so the model is scored on data it never saw.
+
+Both Kafka clients here take the demo's `Settings`: its broker, Kafka client and security
+(the user's SASL/TLS settings for a --bootstrap cluster, plaintext for the embedded Tansu).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported where used: the demo's --help must not load Kafka
+    from streamer.settings import Settings
     from streamer.transport import Producer
 
 MALFORMED = (  # one per DLQ reason the demo shows; --bad-events N cycles through them
@@ -35,9 +39,9 @@ MALFORMED = (  # one per DLQ reason the demo shows; --bad-events N cycles throug
 class Feed(threading.Thread):
     """Replays the events with `bad` malformed messages spread evenly among them; stops when `stop` is set."""
 
-    def __init__(self, bootstrap: str, topic: str, events: list, bad: int, rate: float) -> None:
+    def __init__(self, settings: Settings, topic: str, events: list, bad: int, rate: float) -> None:
         super().__init__(name="demo-feed", daemon=True)
-        self.bootstrap, self.topic, self.events, self.bad, self.rate = bootstrap, topic, events, bad, rate
+        self.settings, self.topic, self.events, self.bad, self.rate = settings, topic, events, bad, rate
         self.stop = threading.Event()
         self.started_at = math.nan
         self.valid_sent = self.malformed_sent = 0
@@ -47,9 +51,11 @@ class Feed(threading.Thread):
         from streamer.replay import replay
         from streamer.transport import Producer
 
-        producer = Producer(self.bootstrap)
-        sink = UntilStopped(producer, self.stop)
-        try:
+        settings, producer = self.settings, None
+        try:  # every failure from here on, a refused connection included, is reported by the main thread
+            producer = Producer(settings.bootstrap_servers, client=settings.kafka_client,
+                                security=settings.kafka_security())
+            sink = UntilStopped(producer, self.stop)
             self.started_at = time.monotonic()
             cuts = [len(self.events) * (k + 1) // (self.bad + 1) for k in range(self.bad)] + [len(self.events)]
             start = 0
@@ -64,7 +70,8 @@ class Feed(threading.Thread):
         except BaseException as err:  # reported by the main thread
             self.error = err
         finally:
-            _close_quietly(producer)
+            if producer is not None:
+                _close_quietly(producer)
 
     def _until_stopped(self, events):
         for event in events:
@@ -106,11 +113,12 @@ def replay_events(args: argparse.Namespace) -> list:
     return list(log.events())[: args.events]
 
 
-def read_dlq(bootstrap: str, topic: str, expected: int, timeout_s: float = 10.0) -> Counter:
+def read_dlq(settings: Settings, topic: str, expected: int, timeout_s: float = 10.0) -> Counter:
     """Reasons of the messages on the dead-letter topic (waits up to timeout_s for `expected` of them)."""
     from streamer.transport import Consumer
 
-    consumer = Consumer(bootstrap, topic, None, assign_all=True, start="earliest")
+    consumer = Consumer(settings.bootstrap_servers, topic, None, assign_all=True, start="earliest",
+                        client=settings.kafka_client, security=settings.kafka_security())
     reasons: Counter = Counter()
     deadline = time.monotonic() + timeout_s
     try:

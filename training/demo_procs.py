@@ -10,6 +10,11 @@ Every child (Tansu, redis-server, `python -m streamer serve`) is started
     children with it;
   - with DEMO_RUN_ENV=<run id> in its environment and its pid in the pid file,
     so a test can prove that nothing survived.
+
+The service inherits the user's SEQCAST_* variables, less the security settings of a broker or
+Redis that the demo starts itself (`without_security`): those are plaintext with no users, and a
+CA file or an ACL password meant for the user's own cluster would make the service try TLS or a
+login there. The demo's own Redis calls (`redis_answers`, `delete_keys`) are here too.
 """
 from __future__ import annotations
 
@@ -19,19 +24,43 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 from streamer.embedded import redis_server_binary, tansu_command, wait_for_port
+from streamer.settings import ENV_PREFIX, FILE_SUFFIX, Settings
+
+if TYPE_CHECKING:
+    import redis
 
 DEMO_RUN_ENV = "SC_DEMO_RUN"  # not SEQCAST_*: the service's settings reject unknown SEQCAST_ names
 PR_SET_PDEATHSIG = 1
 SIDECAR_GRACE_S = 2.0  # Tansu and redis-server keep nothing the demo needs: SIGTERM, then SIGKILL soon
 KILL_WAIT_S = 1.0  # after SIGKILL; a process that is still there is left to PR_SET_PDEATHSIG
 
+# How to reach the user's own Kafka and Redis (derived from Settings, so a new security setting is
+# covered without a change here). redis_cluster too: the local or embedded Redis is a single node.
+KAFKA_SECURITY = tuple(f.name for f in fields(Settings) if f.name.startswith(("kafka_security_", "kafka_sasl_",
+                                                                              "kafka_ssl_")))
+REDIS_SECURITY = tuple(f.name for f in fields(Settings) if f.name.startswith(("redis_username", "redis_password",
+                                                                              "redis_ssl_", "redis_cluster")))
+
+
+def without_settings(environ: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
+    """`environ` less SEQCAST_<NAME> and SEQCAST_<NAME>_FILE for each of these setting names."""
+    drop = {f"{ENV_PREFIX}{name.upper()}{suffix}" for name in names for suffix in ("", FILE_SUFFIX)}
+    return {key: value for key, value in environ.items() if key not in drop}
+
+
+def without_security(environ: Mapping[str, str], own_kafka: bool, own_redis: bool) -> dict[str, str]:
+    """`environ` less the Kafka security settings when the demo starts the broker (own_kafka), and
+    less the Redis ones when it uses a local or embedded Redis (own_redis): both are plaintext."""
+    return without_settings(environ, (KAFKA_SECURITY if own_kafka else ()) + (REDIS_SECURITY if own_redis else ()))
+
 
 def redis_answers(url: str) -> bool:
-    """True when a Redis at `url` answers PING within half a second."""
+    """True when a plaintext Redis at `url` (local or embedded: no user) answers PING within half a second."""
     import redis
 
     client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
@@ -41,6 +70,61 @@ def redis_answers(url: str) -> bool:
         return False
     finally:
         client.close()
+
+
+def user_redis_answers(settings: Settings) -> bool:
+    """True when the user's Redis (settings.redis_url, with its ACL user, password and TLS files) answers
+    PING as the service will connect; False when nothing answers; SecurityError (streamer.connections.
+    check_redis) for a refused login, permission or certificate, which waiting would not fix."""
+    import redis
+
+    from streamer.connections import check_redis, redis_client
+
+    try:
+        client = redis_client(settings, timeout_s=3.0)  # RedisCluster connects here, and may refuse here
+        try:
+            check_redis(settings, client)
+        finally:
+            _close_quietly(client)
+    except (redis.RedisError, redis.exceptions.RedisClusterException, OSError):
+        return False
+    return True
+
+
+def delete_keys(settings: Settings, prefix: str) -> str | None:
+    """Delete this run's keys (prefix:*) from the Redis of `settings` (with its user and TLS files).
+
+    Short socket timeouts: this runs during shutdown (the caller also bounds the whole step). A Redis
+    that is gone is skipped quietly; one that refuses (an ACL user without SCAN or DEL, as the least
+    privileges the service needs do not include SCAN) returns a sentence, so the user learns which
+    keys remain."""
+    import redis
+
+    from streamer.connections import redis_client
+    from streamer.security import describe_redis_failure, redact_url
+
+    client = redis_client(settings, timeout_s=1.0)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start:start + 500])
+        return None
+    except redis.ResponseError as err:  # NOPERM and the like: the server answered, and said no
+        # (redis-py strips the NOPERM code from the message, so describe_redis_failure may not know it)
+        reason = describe_redis_failure(err, settings.redis_url, settings.redis_security()) or \
+            f"Redis user '{settings.redis_username or 'default'}' at {redact_url(settings.redis_url)}: {err}"
+        return f"this run's Redis keys {prefix}:* remain: {reason}"
+    except (redis.RedisError, OSError):
+        return None
+    finally:
+        _close_quietly(client)
+
+
+def _close_quietly(client: redis.Redis) -> None:
+    try:
+        client.close()
+    except Exception:  # closing a client whose server vanished: nothing left to tidy
+        pass
 
 
 def _die_with_parent_hook():

@@ -59,7 +59,8 @@ def build_bundle(log_: EventLog, models_dir: Path, name: str, arch: str = "lstm"
 
 
 def train_and_export(log_: EventLog, models_dir: Path, name: str, spec: ModelSpec, config: FitConfig,
-                     top_k: int = 10, progress: bool = True, use_items: bool = True) -> TrainOutcome:
+                     top_k: int = 10, progress: bool = True, use_items: bool = True,
+                     signing_key=None) -> TrainOutcome:
     """The full pipeline (see module docstring). `spec.vocab_size` is filled from the data."""
     started = time.monotonic()
     data = prepare(log_, spec.window, spec.horizon)
@@ -80,5 +81,6 @@ def train_and_export(log_: EventLog, models_dir: Path, name: str, spec: ModelSpe
                              "learning_rate": config.learning_rate, "seed": config.seed,
                              "best_epoch": result.best_epoch, "stopped_by": result.stopped_by,
                              "train_seconds": round(result.seconds, 1)},
+            signing_key=signing_key,
         )
     return TrainOutcome(bundle, spec, result, metrics, parity, data, time.monotonic() - started)

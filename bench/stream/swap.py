@@ -2,7 +2,6 @@
 latency around the switch with the steady state before and after it."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 from bench.stream.common import log, summary
 from bench.stream.infra import Context
 from bench.stream.runs import fixed_rate
+from streamer.bundle import MANIFEST, Manifest, write_manifest
 from streamer.events import Event
 
 
@@ -22,9 +22,9 @@ def same_cost_copy(bundle: str) -> str:
         tmp = src.parent / f".{dst.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(src, tmp)
-        manifest = json.loads((tmp / "manifest.json").read_text())
-        manifest["version"] = dst.name
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        manifest = Manifest.from_file(tmp / MANIFEST)
+        manifest.version = dst.name
+        write_manifest(tmp, manifest)  # re-sealed: a hand-edited manifest fails its checksums
         tmp.rename(dst)
     return str(dst.resolve())
 
