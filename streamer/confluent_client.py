@@ -49,7 +49,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import re
 import threading
 import time
 import uuid
@@ -61,6 +60,7 @@ from confluent_kafka import Producer as RdProducer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamer import transport
+from streamer.confluent_refusals import Refusals
 from streamer.security import PLAINTEXT, KafkaSecurity, SecurityError
 from streamer.transport import (BROKER_STALE_S, COMMIT_TIMEOUT_MS, MAX_FRAME_BYTES, RECONNECT_BACKOFF_MAX_MS,
                                 BrokerUnavailable, CommitOutcome, DeliveryError, Headers, Partition,
@@ -90,61 +90,10 @@ def unavailable(err: BaseException) -> bool:
     return error.code() in _UNAVAILABLE or (error.retriable() and not error.fatal())
 
 
-# Errors that say the broker refuses us (credentials, certificates, ACLs): waiting will not fix them.
-_REFUSALS = {KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED,
-             KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
-             KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError.ILLEGAL_SASL_STATE,
-             KafkaError.UNSUPPORTED_SASL_MECHANISM}
-
-
 def _common(bootstrap_servers: str, security: KafkaSecurity | None) -> dict[str, Any]:
     return {"bootstrap.servers": bootstrap_servers, "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,
             "socket.timeout.ms": SOCKET_TIMEOUT_MS, "logger": client_log, "log.connection.close": False,
             **(security or PLAINTEXT).confluent_options()}
-
-
-_BROKER_PREFIX = re.compile(r"^\S+://\S+/\S+:\s*")  # librdkafka's "sasl_ssl://host:9093/bootstrap: "
-_DROPPED = ("disconnected", "connection reset", "closed by", "eof")  # a _SSL error from a connection cut short
-
-
-def refusal(err: KafkaError, security: KafkaSecurity | None, where: str) -> str | None:
-    """The operator's sentence when `err` means the broker refuses these credentials or this TLS
-    setup, else None. Decided by the error code: a broker that is down or restarting reports
-    _TRANSPORT / _ALL_BROKERS_DOWN (waited for), a refused handshake _SSL or _AUTHENTICATION.
-    librdkafka reports these through error_cb, not through the failed call."""
-    if err.code() not in _REFUSALS:
-        return None
-    security = security or PLAINTEXT
-    detail = _BROKER_PREFIX.sub("", err.str())
-    if err.code() == KafkaError._SSL:
-        if any(word in detail.lower() for word in _DROPPED):
-            return None
-        return f"TLS handshake with {where} failed: {detail} ({security.ca_text()})"
-    if err.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED,
-                      KafkaError.UNSUPPORTED_SASL_MECHANISM, KafkaError.ILLEGAL_SASL_STATE):
-        if not security.uses_sasl:
-            return f"the broker at {where} requires authentication: {detail} (set kafka_security_protocol)"
-        return f"SASL authentication failed for user '{security.sasl_username}' " \
-               f"(mechanism {security.sasl_mechanism}) at {where}: {detail}"
-    return f"the broker at {where} refused seqcast ({err.name()}): {detail}; check the ACLs of user " \
-           f"'{security.sasl_username or 'ANONYMOUS'}'"
-
-
-class _Refusals:
-    """An error_cb that keeps the last refusal (see `refusal`) and logs every error once per kind."""
-
-    def __init__(self, security: KafkaSecurity | None, where: str, role: str) -> None:
-        self.security, self.where, self.role = security, where, role
-        self.last: str | None = None
-
-    def __call__(self, err: KafkaError) -> None:
-        described = refusal(err, self.security, self.where)
-        if described:
-            if described != self.last:  # librdkafka retries every backoff: say it once per cause
-                client_log.error("%s: %s", self.role, described)
-            self.last = described
-        else:
-            client_log.warning("%s error: %s", self.role, err)
 
 
 def _in_background(name: str, call, **kwargs) -> Future:
@@ -173,7 +122,7 @@ class Consumer(transport.Consumer):
         """`start` applies where the group has no committed offset ("earliest" or "latest");
         group_id=None (with assign_all) reads without committing anything (tail, tools)."""
         self.topic = topic
-        self.refusals = _Refusals(security, bootstrap_servers, "consumer")
+        self.refusals = Refusals(security, bootstrap_servers, "consumer")
         self.listener: RebalanceListener | None = None
         self.max_poll_records = max_poll_records
         self._brokers_ok = False
@@ -367,7 +316,7 @@ class Producer(transport.Producer):
     def __init__(self, bootstrap_servers: str, *, linger_ms: int = 5, max_block_ms: int = 10000,
                  max_request_bytes: int = 2 * 1024 * 1024, client: str | None = None,
                  security: KafkaSecurity | None = None) -> None:
-        self.refusals = _Refusals(security, bootstrap_servers, "producer")
+        self.refusals = Refusals(security, bootstrap_servers, "producer")
         self._config = {**_common(bootstrap_servers, security), "acks": "all", "enable.idempotence": True,
                         "linger.ms": linger_ms, "batch.size": 256 * 1024, "message.max.bytes": max_request_bytes,
                         "delivery.report.only.error": True, "error_cb": self._on_error}
@@ -447,14 +396,14 @@ class Producer(transport.Producer):
             log.warning("producer close: %r", err)
 
 
-def _admin(bootstrap_servers: str, security: KafkaSecurity | None) -> tuple[AdminClient, _Refusals]:
-    refusals = _Refusals(security, bootstrap_servers, "admin")
+def _admin(bootstrap_servers: str, security: KafkaSecurity | None) -> tuple[AdminClient, Refusals]:
+    refusals = Refusals(security, bootstrap_servers, "admin")
     # Tansu creates a topic that Metadata merely asks about unless the request says not to
     return AdminClient({**_common(bootstrap_servers, security), "allow.auto.create.topics": False,
                         "client.id": "seqcast-admin", "error_cb": refusals}), refusals
 
 
-def _failed(err: KafkaException, refusals: _Refusals, what: str, admin: AdminClient) -> Exception:
+def _failed(err: KafkaException, refusals: Refusals, what: str, admin: AdminClient) -> Exception:
     """SecurityError when the broker refused us (waiting will not help), else BrokerUnavailable
     or TransportError as the error says."""
     admin.poll(0.1)  # error_cb runs from poll: collect what the failed request saw
@@ -504,10 +453,10 @@ def check_connection(bootstrap_servers: str, security: KafkaSecurity | None = No
     the credentials or the certificates (librdkafka reports those only to error_cb, and the
     request itself fails as a bare transport error). Unreachable brokers are not an error here."""
     admin, refusals = _admin(bootstrap_servers, security)
-    try:
-        admin.list_topics(timeout=timeout_s)
-    except KafkaException:
-        pass
-    admin.poll(0.1)  # error_cb runs from poll
+    future = _in_background("seqcast-check", admin.list_topics, timeout=timeout_s)
+    deadline = time.monotonic() + timeout_s + 1
+    while not future.done() and refusals.last is None and time.monotonic() < deadline:
+        admin.poll(0.1)  # error_cb runs from poll: a refusal shows within milliseconds, an answer ends the wait
+    admin.poll(0)
     if refusals.last:
         raise SecurityError(refusals.last)

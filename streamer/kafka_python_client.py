@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 import time
 from typing import Iterable
 
@@ -48,22 +49,28 @@ class _RefusalLog(logging.Handler):
     after the `<BrokerConnection ...>:` prefix is read (the prefix carries client ids and host
     names, which may contain anything), and only phrases that mean "refused", never "down"."""
 
-    PREFIX = re.compile(r"<BrokerConnection [^>]*>+:?\s*")
+    PREFIX = re.compile(r"<BrokerConnection (?:[^<>]|<[^<>]*>)*>:?\s*")  # its repr nests <state>
     PHRASES = ("saslauthenticate error", "saslauthenticationfailed", "failed to authenticate",
                "authentication failed", "unsupportedsaslmechanism", "illegalsaslstate",
                "certificate verify failed", "sslcertverificationerror", "certificate required",
-               "alert handshake failure", "alert unknown ca", "alert bad certificate")
+               "alert handshake failure", "alert unknown ca", "alert bad certificate",
+               "server sent wrong signature")  # a SCRAM server that could not prove it knows the password
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.seen = 0
-        self.last = ""
+        self.lines: list[str] = []  # the most recent matching lines, oldest first
 
     def emit(self, record: logging.LogRecord) -> None:
         text = self.PREFIX.sub("", record.getMessage())
         if any(phrase in text.lower() for phrase in self.PHRASES):
             self.seen += 1
-            self.last = text
+            self.lines = (self.lines + [text])[-20:]
+
+    def first_since(self, since: int) -> str:
+        """The first matching line logged after the count `since` (it says why; later ones say "closing")."""
+        new = self.seen - since
+        return self.lines[-min(new, len(self.lines))]
 
 
 _refusal_log = _RefusalLog()
@@ -75,8 +82,8 @@ def _refused(since: int, security: KafkaSecurity | None, where: str) -> Security
     (always None on PLAINTEXT: nothing there can refuse credentials or certificates)."""
     if _refusal_log.seen == since or security is None or security.protocol == "PLAINTEXT":
         return None
-    return SecurityError(describe_kafka_failure(_refusal_log.last, security, where)
-                         or f"the broker at {where} refused seqcast: {_refusal_log.last}")
+    line = _refusal_log.first_since(since)
+    return SecurityError(describe_kafka_failure(line, security, where) or f"the broker at {where} refused seqcast: {line}")
 
 
 def _guarded(bootstrap_servers: str, security: KafkaSecurity | None, call):
@@ -310,6 +317,9 @@ def check_connection(bootstrap_servers: str, security: KafkaSecurity | None = No
                                 **options)
         try:
             conn.connect_blocking(timeout_s)
+        except ssl.SSLCertVerificationError as err:  # kafka-python raises this one instead of logging it
+            raise SecurityError(f"TLS handshake with {server} failed: certificate verify failed: "
+                                f"{err.verify_message} ({(security or PLAINTEXT).ca_text()})") from None
         finally:
             conn.close()
         refused = _refused(since, security, server)

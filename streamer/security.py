@@ -264,9 +264,9 @@ def _refusing_alert(err: ssl.SSLError) -> bool:
 
 def describe_kafka_failure(message: str, security: KafkaSecurity, where: str) -> str | None:
     """An operator's sentence for a client error text that means "refused", else None."""
-    detail = re.sub(r"<BrokerConnection [^>]*>+:?\s*", "", message).strip()
+    detail = re.sub(r"<BrokerConnection (?:[^<>]|<[^<>]*>)*>:?\s*", "", message).strip()
     text = detail.lower()
-    if "sasl" in text or "authentication" in text:
+    if "sasl" in text or "authentication" in text or "signature" in text:
         return (f"SASL authentication failed for user '{security.sasl_username}' "
                 f"(mechanism {security.sasl_mechanism}) at {where}: {detail}")
     if "certificate" in text or "ssl" in text or "tls" in text or "handshake" in text:

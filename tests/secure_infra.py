@@ -248,44 +248,27 @@ def _wait_ping(client: redis.Redis, timeout_s: float = 10.0) -> None:
 
 # --- Kafka over TLS --------------------------------------------------------------------------------
 
-class TlsProxy:
-    """Terminates TLS on 127.0.0.1:`port` and relays the plaintext bytes to 127.0.0.1:`target_port`.
+class LoopServer:
+    """An asyncio TCP server on 127.0.0.1:`port`, run by its own event loop on a daemon thread, so
+    a synchronous test can start and stop it; subclasses give `_handle(reader, writer)`."""
 
-    An asyncio loop in a daemon thread; `accepted` counts completed TLS handshakes (tests use it to
-    prove clients came through the proxy). With `client_ca`, a client certificate signed by it is
-    required (mutual TLS)."""
-
-    def __init__(self, port: int, target_port: int, certfile: Path, keyfile: Path, client_ca: Path | None = None) -> None:
-        self.port, self.target_port = port, target_port
-        self.accepted = 0
-        self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self._context.load_cert_chain(certfile, keyfile)
-        # No TLS 1.3 session tickets: they arrive after the handshake, and kafka-python closes a
-        # connection that turns readable with no request in flight ("Socket EVENT_READ without
-        # in-flight-requests"), which made its admin client fail one connection in three.
-        self._context.num_tickets = 0
-        if client_ca is not None:
-            self._context.load_verify_locations(client_ca)
-            self._context.verify_mode = ssl.CERT_REQUIRED
+    def __init__(self, port: int, ssl_context: ssl.SSLContext | None = None, **options) -> None:
+        self.port = port
+        self._ssl, self._options = ssl_context, options
         self._loop = asyncio.new_event_loop()
-        self._loop.set_exception_handler(lambda loop, context: None)  # refused handshakes are expected
+        self._loop.set_exception_handler(lambda loop, context: None)  # refused or dropped connections are expected
         self._server: asyncio.AbstractServer | None = None
-        self._thread = threading.Thread(target=self._loop.run_forever, name=f"tls-proxy-{port}", daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"{type(self).__name__}-{port}",
+                                        daemon=True)
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(timeout=10)
 
     async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port, ssl=self._context,
-                                                  ssl_handshake_timeout=10, reuse_address=True)
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, ssl=self._ssl,
+                                                  reuse_address=True, **self._options)
 
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.close()
-            return
-        await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
         async def stop() -> None:
@@ -297,6 +280,37 @@ class TlsProxy:
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+
+
+class TlsProxy(LoopServer):
+    """Terminates TLS on 127.0.0.1:`port` and relays the plaintext bytes to 127.0.0.1:`target_port`.
+
+    An asyncio loop in a daemon thread; `accepted` counts completed TLS handshakes (tests use it to
+    prove clients came through the proxy). With `client_ca`, a client certificate signed by it is
+    required (mutual TLS)."""
+
+    def __init__(self, port: int, target_port: int, certfile: Path, keyfile: Path, client_ca: Path | None = None) -> None:
+        self.target_port = target_port
+        self.accepted = 0
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(certfile, keyfile)
+        # No TLS 1.3 session tickets: they arrive after the handshake, and kafka-python closes a
+        # connection that turns readable with no request in flight ("Socket EVENT_READ without
+        # in-flight-requests"), which made its admin client fail one connection in three.
+        context.num_tickets = 0
+        if client_ca is not None:
+            context.load_verify_locations(client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        super().__init__(port, context, ssl_handshake_timeout=10)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
 
 
 async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
@@ -342,15 +356,27 @@ class KafkaTls:
         self.proc.wait(timeout=10)
 
 
-def start_kafka_tls(pki: Pki, log_path: Path, client_auth: bool = False) -> KafkaTls:
-    """Tansu on a free port advertising tcp://localhost:<proxy>, and the TLS proxy on <proxy>."""
-    broker_port, proxy_port = free_port(), free_port()
+def start_tansu_behind(proxy_port: int, log_path: Path) -> tuple[subprocess.Popen, int]:
+    """A plaintext in-memory Tansu on a free port that advertises tcp://localhost:<proxy_port>, so
+    metadata sends every client back through the proxy; returns (process, its own port)."""
+    broker_port = free_port()
     command = tansu_command(broker_port)
     command[command.index("--advertised-listener-url") + 1] = f"tcp://localhost:{proxy_port}"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for_port(broker_port)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, broker_port
+
+
+def start_kafka_tls(pki: Pki, log_path: Path, client_auth: bool = False) -> KafkaTls:
+    """Tansu advertising the TLS proxy, and the proxy (server certificate of `pki`) in front of it."""
+    proxy_port = free_port()
+    proc, broker_port = start_tansu_behind(proxy_port, log_path)
+    try:
         proxy = TlsProxy(proxy_port, broker_port, pki.server_cert, pki.server_key, pki.ca if client_auth else None)
     except BaseException:
         proc.kill()

@@ -7,9 +7,10 @@
   over TLS and `seqcast models list` reads the registry. Every output (logs at DEBUG, HTTP
   endpoints, predictions, CLI output) is then searched for the passwords: none may appear.
 - Refusals in operator terms: a wrong CA names the TLS handshake and the CA file; a SASL
-  login the broker refuses names the user and the mechanism (Tansu runs without SASL here:
-  it refuses every mechanism during the handshake, which is as far as SASL can be tested on
-  this machine, see docs/operations.md); a wrong Redis password names the user.
+  login the broker refuses names the user and the mechanism (here Tansu itself, which refuses
+  every mechanism in the handshake; full SCRAM/PLAIN logins run through tests/sasl_proxy.py in
+  tests/test_secure_sasl.py); a wrong Redis password names the user.
+- An outage is not a refusal: a secured broker that is down is waited for.
 """
 from __future__ import annotations
 
@@ -83,29 +84,23 @@ def wait_ready(port: int, proc: subprocess.Popen, log_path: Path, timeout_s: flo
     raise AssertionError(f"not ready after {timeout_s}s: {log_path.read_text()[-3000:]}")
 
 
-def test_the_pipeline_runs_over_tls_with_an_acl_user_and_prints_no_secret(kafka_tls, redis_tls, bundle_dir,
-                                                                          tmp_path, kafka_client) -> None:
-    run = f"sec{time.monotonic_ns() % 10**8}"
-    port = free_port()
-    values = secured(kafka_tls, redis_tls, input_topic=f"{run}-events", output_topic=f"{run}-predictions",
-                     dlq_topic=f"{run}-dlq", key_prefix=run, group_id=run, assign_all_partitions="true",
-                     bundle=bundle_dir, metrics_port=port, metrics_host="127.0.0.1", poll_timeout_ms=100,
-                     log_level="DEBUG", stats_interval_s=1, kafka_client=kafka_client)
-    env = environment(tmp_path, **values)
-    sent = seqcast(["replay", "synthetic:users=20,items=30,seed=3", "--limit", "200", "--partitions", "2"], env)
+def pipeline(env: dict[str, str], port: int, tmp_path: Path, events: int) -> dict[str, str]:
+    """`seqcast replay` of `events` synthetic events, `seqcast serve` until `seqcast tail` has read a
+    prediction for each, `/healthz` (ready), `/metrics`, `/livez`, `seqcast models list`, SIGTERM
+    (exit 0): every output, by name, for the caller to search for secrets."""
+    sent = seqcast(["replay", "synthetic:users=20,items=30,seed=3", "--limit", str(events), "--partitions", "2"], env)
     assert sent.returncode == 0, sent.stderr[-2000:]
-    assert "sent 200 events" in sent.stderr
-
+    assert f"sent {events} events" in sent.stderr
     log_path = tmp_path / "serve.log"
     with open(log_path, "w") as log:
         serve = subprocess.Popen([sys.executable, "-m", "streamer", "serve"], env=env, cwd=ROOT, stdout=log,
                                  stderr=subprocess.STDOUT)
     try:
         wait_ready(port, serve, log_path)  # serve creates the predictions topic that tail reads
-        tail = seqcast(["tail", "--from-beginning", "--limit", "200"], env, timeout_s=120)
+        tail = seqcast(["tail", "--from-beginning", "--limit", str(events)], env, timeout_s=120)
         assert tail.returncode == 0, tail.stderr[-2000:] + log_path.read_text()[-3000:]
         predictions = [json.loads(line) for line in tail.stdout.splitlines()]
-        assert len({p["event_id"] for p in predictions}) == 200
+        assert len({p["event_id"] for p in predictions}) == events
         health, metrics, live = http(port, "/healthz"), http(port, "/metrics"), http(port, "/livez")
         assert json.loads(health)["ready"] is True
         listing = seqcast(["models", "list"], env)
@@ -116,8 +111,19 @@ def test_the_pipeline_runs_over_tls_with_an_acl_user_and_prints_no_secret(kafka_
         serve.kill()
     logs = log_path.read_text()
     assert '"msg": "started"' in logs
-    outputs = {"serve logs": logs, "replay": sent.stdout + sent.stderr, "tail": tail.stdout + tail.stderr,
-               "/healthz": health, "/metrics": metrics, "/livez": live, "models list": listing.stdout + listing.stderr}
+    return {"serve logs": logs, "replay": sent.stdout + sent.stderr, "tail": tail.stdout + tail.stderr,
+            "/healthz": health, "/metrics": metrics, "/livez": live, "models list": listing.stdout + listing.stderr}
+
+
+def test_the_pipeline_runs_over_tls_with_an_acl_user_and_prints_no_secret(kafka_tls, redis_tls, bundle_dir,
+                                                                          tmp_path, kafka_client) -> None:
+    run = f"sec{time.monotonic_ns() % 10**8}"
+    port = free_port()
+    values = secured(kafka_tls, redis_tls, input_topic=f"{run}-events", output_topic=f"{run}-predictions",
+                     dlq_topic=f"{run}-dlq", key_prefix=run, group_id=run, assign_all_partitions="true",
+                     bundle=bundle_dir, metrics_port=port, metrics_host="127.0.0.1", poll_timeout_ms=100,
+                     log_level="DEBUG", stats_interval_s=1, kafka_client=kafka_client)
+    outputs = pipeline(environment(tmp_path, **values), port, tmp_path, events=200)
     for name, text in outputs.items():
         assert REDIS_PASSWORD not in text, f"the Redis password appears in {name}"
 

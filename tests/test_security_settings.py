@@ -147,7 +147,7 @@ def test_a_secret_file_loses_one_line_end_only(tmp_path) -> None:
 def test_librdkafka_errors_are_refusals_by_code_not_by_words() -> None:
     from confluent_kafka import KafkaError
 
-    from streamer.confluent_client import refusal
+    from streamer.confluent_refusals import refusal
 
     sasl = KafkaSecurity("SASL_SSL", "SCRAM-SHA-512", "svc", Secret(PASSWORD))
     down = KafkaError(KafkaError._TRANSPORT, "sasl_ssl://k:9093/bootstrap: Connect to ipv4#10.0.0.1:9093 failed: "
@@ -181,6 +181,14 @@ def test_kafka_python_log_lines_are_refusals_by_phrase_not_by_names() -> None:
     assert _refusal_log.seen == since + 1
     assert str(_refused(since, sasl, "k:9093")).startswith("SASL authentication failed for user 'svc'")
     assert _refused(since, KafkaSecurity(), "k:9093") is None  # plaintext: nothing can refuse credentials
+    since = _refusal_log.seen  # kafka-python's repr nests <authenticating>; the first line says why
+    conn.error("<BrokerConnection client_id=x, host=k:9093 <authenticating> [IPv4 ('10.0.0.1', 9093)]>: "
+               "SaslAuthenticate error: SaslAuthenticationFailedError (bad credentials)")
+    conn.error("<BrokerConnection client_id=x, host=k:9093 <authenticating> [IPv4 ('10.0.0.1', 9093)]>: "
+               "Closing connection. [Error 58] SaslAuthenticationFailedError: bad credentials")
+    assert str(_refused(since, sasl, "k:9093")) == ("SASL authentication failed for user 'svc' (mechanism PLAIN) at "
+                                                    "k:9093: SaslAuthenticate error: SaslAuthenticationFailedError "
+                                                    "(bad credentials)")
     assert isinstance(_refusal_log, _RefusalLog)
 
 
