@@ -123,14 +123,9 @@ class KafkaSecurity:
                         "sasl.password": self.sasl_password.reveal()}
         if self.uses_tls:
             options["ssl.endpoint.identification.algorithm"] = "https" if self.ssl_check_hostname else "none"
-            if self.ssl_cafile:
-                options["ssl.ca.location"] = self.ssl_cafile
-            if self.ssl_certfile:
-                options["ssl.certificate.location"] = self.ssl_certfile
-            if self.ssl_keyfile:
-                options["ssl.key.location"] = self.ssl_keyfile
-            if self.ssl_key_password:
-                options["ssl.key.password"] = self.ssl_key_password.reveal()
+            options |= _given({"ssl.ca.location": self.ssl_cafile, "ssl.certificate.location": self.ssl_certfile,
+                               "ssl.key.location": self.ssl_keyfile,
+                               "ssl.key.password": self.ssl_key_password.reveal()})
         return options
 
     def kafka_python_options(self) -> dict[str, Any]:
@@ -151,7 +146,7 @@ class KafkaSecurity:
                         self.ssl_check_hostname)
 
     def ca_text(self) -> str:
-        return f"CA file {self.ssl_cafile}" if self.ssl_cafile else "the system's CA certificates"
+        return _ca_text(self.ssl_cafile)
 
 
 PLAINTEXT = KafkaSecurity()
@@ -189,16 +184,22 @@ class RedisSecurity:
             options["password"] = self.password.reveal()
         if url.startswith("rediss://"):
             options |= {"ssl_cert_reqs": "required", "ssl_check_hostname": self.ssl_check_hostname}
-            if self.ssl_cafile:
-                options["ssl_ca_certs"] = self.ssl_cafile
-            if self.ssl_certfile:
-                options["ssl_certfile"] = self.ssl_certfile
-            if self.ssl_keyfile:
-                options["ssl_keyfile"] = self.ssl_keyfile
+            options |= _given({"ssl_ca_certs": self.ssl_cafile, "ssl_certfile": self.ssl_certfile,
+                               "ssl_keyfile": self.ssl_keyfile})
         return options
 
     def ca_text(self) -> str:
-        return f"CA file {self.ssl_cafile}" if self.ssl_cafile else "the system's CA certificates"
+        return _ca_text(self.ssl_cafile)
+
+
+def _ca_text(cafile: str) -> str:
+    """Which CA a failed verification was checked against, for the operator's sentence."""
+    return f"CA file {cafile}" if cafile else "the system's CA certificates"
+
+
+def _given(options: dict[str, str]) -> dict[str, str]:
+    """The options that are set: an empty file name or passphrase means "leave the client's default"."""
+    return {name: value for name, value in options.items() if value}
 
 
 def _file_problems(files: dict[str, str], prefix: str) -> list[str]:
