@@ -21,7 +21,7 @@ from conftest import REDIS_URL, ROOT
 from streamer.events import Event
 from training.demo import SHUTDOWN_BUDGET_S, SHUTDOWN_PROMISE_S
 from training.demo_procs import DEMO_RUN_ENV, KILL_WAIT_S, Children
-from training.demo_score import OnlineScore, metric_samples, next_events, service_live
+from training.demo_score import OnlineScore, metric_samples, next_events, service_live, window_items
 
 USERS, EVENTS, BAD = 120, 3000, 5
 SMALL = ["--users", str(USERS), "--items", "50", "--epochs", "1", "--metrics-port", "0"]
@@ -87,6 +87,7 @@ def summary_numbers(out: str) -> dict[str, float]:
         "rate": r"-> (\d+) events/s", "p50": r"p50 ([\d.]+) ms", "p99": r"p99 ([\d.]+) ms",
         "dlq": r"DLQ\s+(\d+) messages", "hr": r"online HR@10\s+([\d.]+) over (\d+)",
         "mae": r"online MAE\s+([\d.]+) over (\d+)", "baseline_mae": r"repeat-last-value: ([\d.]+)",
+        "popular_hr": r"most-popular: ([\d.]+)",
     }
     found = {}
     for key, pattern in patterns.items():
@@ -112,6 +113,31 @@ def test_each_prediction_is_scored_by_the_same_users_next_event():
     assert (score.scored_items, score.hits, score.hr) == (2, 1, 0.5)
     assert score.mae == pytest.approx((1 + 5) / 2) and score.baseline_mae == pytest.approx((2 + 10) / 2)
     assert score.latency_ms(50) == 4
+
+
+def test_most_popular_baseline_skips_the_items_in_the_users_window():
+    """Most-popular, scored like the service serves: the ten most frequent items outside the window."""
+    events = [Event("e1", "a", 1, "p0", 1.0), Event("e2", "a", 2, "p1", 1.0), Event("e3", "a", 3, "p10", 1.0),
+              Event("e4", "b", 4, "p10", 1.0), Event("e5", "b", 5, "p5", 1.0)]
+    popular = [f"p{k}" for k in range(12)]
+    windows = window_items(events, 2)
+    assert windows["e3"] == {"p1", "p10"} and windows["e1"] == {"p0"}
+    score = OnlineScore(popular, windows)
+    lookup = next_events(events)
+    assert score.most_popular(windows["e2"]) == [f"p{k}" for k in range(2, 12)]
+    recs = [{"item_id": "p10", "score": 1.0}]
+    score.add({"recommendations": recs, "forecast": [1.0]}, *lookup["e2"])  # next p10: p0, p1 in window -> hit
+    score.add({"recommendations": recs, "forecast": [1.0]}, *lookup["e4"])  # next p5: in the top ten -> hit
+    score.add({"recommendations": recs, "forecast": [1.0]}, *lookup["e1"])  # next p1: window {p0} -> p1..p10
+    assert (score.scored_items, score.hits, score.popular_hits) == (3, 1, 3)
+    assert "online HR@10  0.333 over 3 predictions scored by the user's next event (most-popular: 1.000)" \
+        in format_summary_line(score)
+
+
+def format_summary_line(score: OnlineScore) -> str:
+    from training.demo_score import Run, format_summary
+
+    return format_summary(Run(1, 0, 1, 1.0, {}, "dlq", score, None))
 
 
 def test_service_live_accuracy_is_read_from_metrics_when_exported():
@@ -199,3 +225,18 @@ def test_demo_ctrl_c_stops_everything(models_dir, tmp_path):
     assert "interrupted" in out and "summary" not in out
     pids = assert_no_survivors(tmp_path / "pids")
     assert {"tansu", "service"} <= set(pids)
+
+
+@pytest.mark.slow
+def test_default_demo_model_beats_repeat_last_value_and_most_popular_online(tmp_path):
+    """What a newcomer sees first (`make demo`, default training settings): the model ahead of both naive
+    baselines on the replayed stream. Only --events is smaller than the default, to keep CI short."""
+    argv = [sys.executable, "-m", "seqcast_cli", "demo", "--events", "4000", "--metrics-port", "0", "--models-dir",
+            str(tmp_path / "models"), "--pid-file", str(tmp_path / "pids"), "--log-dir", str(tmp_path / "logs")]
+    done = subprocess.run(argv, cwd=tmp_path, env=demo_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    numbers = summary_numbers(done.stdout)
+    assert numbers["mae"] < numbers["baseline_mae"], done.stdout[-2000:]
+    assert numbers["hr"] > numbers["popular_hr"], done.stdout[-2000:]
+    assert "forecast head serves" in done.stdout
+    assert_no_survivors(tmp_path / "pids")

@@ -23,7 +23,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "train", help="fit LSTM/Transformer models on an event log and write ONNX bundles",
         description="Fit a sequence model on an event log with chronological splits (leave-last-out per "
         "user for items; last H values for forecasts), compare it with baselines on the test split, export "
-        "it to ONNX, check Keras-vs-onnxruntime parity, and write models/<name>/<version>/.",
+        "it to ONNX, check Keras-vs-onnxruntime parity, and write models/<name>/<version>/. Model selection "
+        "uses the validation split only: NDCG@10 for items, MSE for forecasts, and both (each against its "
+        "naive baseline) when the model has both heads. A forecast head that is worse on validation than "
+        "repeat-last-value or seasonal naive is never served: the better baseline, or a blend with it, is "
+        "written into the model instead, and the report and the manifest (metrics.selection) say so.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _data_args(train)
     train.add_argument("--arch", choices=["lstm", "transformer", "both"], default="lstm")

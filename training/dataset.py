@@ -63,20 +63,27 @@ def fit_vocabulary(log: EventLog, train_rows: np.ndarray) -> Vocabulary:
 
 
 def fit_scaler(log: EventLog, train_rows: np.ndarray, per_entity: bool) -> ValueScaler:
-    """z-score on training rows only; per entity when entities are few series (sensors, tickers)."""
+    """z-score on training rows only; per entity when entities are few series (sensors, tickers).
+
+    Statistics in float64; a std that is zero or only rounding noise (below 1e-8 of max(1, |mean|),
+    a constant series) becomes 1, so a constant series is shifted, never blown up."""
     if log.values is None:
         return ValueScaler()
-    values = log.values[train_rows]
+    values = log.values[train_rows].astype(np.float64)
     finite = ~np.isnan(values)
     if not finite.any():
         return ValueScaler()
-    mean, std = float(values[finite].mean()), float(values[finite].std()) or 1.0
+
+    def stats(x: np.ndarray) -> tuple[float, float]:
+        mean, std = float(x.mean()), float(x.std())
+        return mean, std if std >= 1e-8 * max(1.0, abs(mean)) else 1.0
+
+    mean, std = stats(values[finite])
     per: dict[str, tuple[float, float]] = {}
     if per_entity:
         users = log.users[train_rows][finite]
         for user in np.unique(users):
-            own = values[finite][users == user]
-            per[str(user)] = (float(own.mean()), float(own.std()) or 1.0)
+            per[str(user)] = stats(values[finite][users == user])
     return ValueScaler(mean, std, per)
 
 

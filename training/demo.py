@@ -51,7 +51,8 @@ from streamer.settings import ENV_PREFIX, FILE_SUFFIX, Settings, SettingsError
 from training.demo_feed import Feed, read_dlq, replay_events
 from training.demo_procs import (KILL_WAIT_S, SIDECAR_GRACE_S, Children, delete_keys, redis_answers, user_redis_answers,
                                  without_security)
-from training.demo_score import OnlineScore, Run, format_summary, metric_samples, next_events, service_live
+from training.demo_score import (OnlineScore, Run, format_summary, metric_samples, next_events, service_live,
+                                 window_items)
 
 if TYPE_CHECKING:  # imported where used: `seqcast --help` must not load Kafka
     from tqdm import tqdm
@@ -60,6 +61,9 @@ if TYPE_CHECKING:  # imported where used: `seqcast --help` must not load Kafka
 
 BUNDLE_NAME = "demo"
 WINDOW, HORIZON, WIDTH, TRAIN_EVENTS_PER_USER = 20, 3, 32, 40
+# Bumped whenever the demo's training recipe changes, so that a cached bundle of an older recipe is
+# retrained rather than reused (2: linear head from repeat-last, two-head selection, forecast guard).
+DEMO_RECIPE = 2
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 SAMPLE_EVERY_S = 0.5
 STALL_S = 30.0  # give up waiting for predictions after this long without a new one
@@ -141,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         bundle = ensure_bundle(args)
         port = start_service(children, bundle, settings, environ, names, metrics_port(args.metrics_port), log_dir)
         print(f"/metrics     http://127.0.0.1:{port}/metrics  (logs in {log_dir})", flush=True)
-        summary = stream(args, settings, names, port, children.get("service"))
+        summary = stream(args, settings, names, port, children.get("service"), bundle)
         print(summary, flush=True)
         if args.bootstrap:
             print(f"note         topics {names.events}, {names.predictions} and {names.dlq} remain on "
@@ -247,7 +251,7 @@ def training_log(args: argparse.Namespace):
 
 
 def find_bundle(models_dir: Path, fingerprint: str) -> Path | None:
-    """The newest models_dir/demo/<version> trained on the log with this fingerprint."""
+    """The newest models_dir/demo/<version> trained on the log with this fingerprint by this DEMO_RECIPE."""
     root = models_dir / BUNDLE_NAME
     for version in sorted(root.iterdir(), reverse=True) if root.is_dir() else []:
         try:
@@ -256,6 +260,8 @@ def find_bundle(models_dir: Path, fingerprint: str) -> Path | None:
             continue
         if manifest.get("format_version") != FORMAT_VERSION:
             continue  # written by an older seqcast: the service would refuse it, so train afresh
+        if manifest.get("hyperparameters", {}).get("demo_recipe") != DEMO_RECIPE:
+            continue  # an older recipe (e.g. one whose model lost to repeat-last-value): train afresh
         if manifest.get("training_data", {}).get("fingerprint") == fingerprint:
             return version
     return None
@@ -276,11 +282,13 @@ def ensure_bundle(args: argparse.Namespace) -> Path:
     spec = ModelSpec(arch="lstm", window=WINDOW, horizon=HORIZON, width=WIDTH)
     config = FitConfig(epochs=args.epochs, batch_size=256, learning_rate=5e-3, patience=3,
                        max_minutes=args.train_minutes, seed=args.seed)
-    outcome = train_and_export(log, args.models_dir, BUNDLE_NAME, spec, config, top_k=10, progress=True)
+    outcome = train_and_export(log, args.models_dir, BUNDLE_NAME, spec, config, top_k=10, progress=True,
+                               recipe={"demo_recipe": DEMO_RECIPE})
     items, values = outcome.metrics["items"], outcome.metrics["forecast"]["original_units"]
     print(f"model        {outcome.bundle} in {outcome.seconds:.0f} s; test HR@10 {items['model']['HR@10']:.3f} "
           f"(most-popular {items['most_popular']['HR@10']:.3f}), MAE {values['model']['MAE']:.2f} "
-          f"(repeat-last-value {values['repeat_last_value']['MAE']:.2f})", flush=True)
+          f"(repeat-last-value {values['repeat_last_value']['MAE']:.2f}); forecast head serves "
+          f"{outcome.metrics['selection']['served']}", flush=True)
     return outcome.bundle
 
 
@@ -397,7 +405,15 @@ def start_service(children: Children, bundle: Path, settings: Settings, environ:
     raise DemoError(f"the service was not ready after 90 s; see {log_path}")
 
 
-def stream(args: argparse.Namespace, settings: Settings, names: Names, port: int, service) -> str:
+def popular_items(bundle: Path) -> list[str]:
+    """The bundle's items, most frequent in training first (the trainer writes the vocabulary in that order)."""
+    from streamer.bundle import VOCAB_FILE
+    from streamer.features import RESERVED, Vocabulary
+
+    return Vocabulary.load(bundle / VOCAB_FILE).item_ids[len(RESERVED):]
+
+
+def stream(args: argparse.Namespace, settings: Settings, names: Names, port: int, service, bundle: Path) -> str:
     """Feed the events, read and score the predictions live, and return the summary text."""
     from tqdm import tqdm
 
@@ -405,7 +421,7 @@ def stream(args: argparse.Namespace, settings: Settings, names: Names, port: int
 
     events = replay_events(args)
     lookup = next_events(events)
-    score, seen = OnlineScore(), set()
+    score, seen = OnlineScore(popular_items(bundle), window_items(events, WINDOW)), set()
     consumer = Consumer(settings.bootstrap_servers, names.predictions, None, assign_all=True, start="earliest",
                         client=settings.kafka_client, security=settings.kafka_security())
     feed = Feed(settings, names.events, events, args.bad_events, args.rate)

@@ -4,13 +4,15 @@ The demo knows every event it replays, so each prediction is scored as soon as
 it arrives, by the same user's next event in stream order (the event the model
 was trying to foresee): HR@10 = the next item is among the top-10
 recommendations; MAE = |next value - forecast[0]|, next to repeat-last-value
-(|next value - this value|). A user's last replayed event has no next event
-and is not scored. The service computes the same two numbers itself
+(|next value - this value|), and HR@10 next to most-popular (the ten most
+frequent training items, the vocabulary's order, that are not in the user's
+window: the service excludes those too). A user's last replayed event has no
+next event and is not scored. The service computes the same two numbers itself
 (`seqcast_live_*` on /metrics); `service_live` reads them so both can be shown.
 """
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -32,12 +34,29 @@ def next_events(events: Sequence[Event]) -> dict[str, tuple[Event, Event | None]
     return out
 
 
+def window_items(events: Sequence[Event], window: int) -> dict[str, frozenset[str]]:
+    """event_id -> the items of the user's last `window` events up to and including it (what the
+    service's window holds when it predicts for that event)."""
+    recent: dict[str, deque] = {}
+    out: dict[str, frozenset[str]] = {}
+    for event in events:
+        items = recent.setdefault(event.user_id, deque(maxlen=window))
+        if event.item_id is not None:
+            items.append(event.item_id)
+        out[event.event_id] = frozenset(items)
+    return out
+
+
 @dataclass
 class OnlineScore:
-    """Running totals over the predictions seen so far."""
+    """Running totals over the predictions seen so far. `popular`: item ids, most frequent first (a
+    bundle's vocabulary order), for the most-popular baseline; `windows`: `window_items`."""
 
+    popular: Sequence[str] = ()
+    windows: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)
     scored_items: int = 0
     hits: int = 0
+    popular_hits: int = 0
     scored_values: int = 0
     abs_error: float = 0.0
     baseline_abs_error: float = 0.0  # repeat-last-value
@@ -61,7 +80,22 @@ class OnlineScore:
         self.scored_items += 1
         hit = following.item_id in {r["item_id"] for r in recs[:TOP_K]}
         self.hits += hit
+        self.popular_hits += following.item_id in self.most_popular(self.windows.get(event.event_id, frozenset()))
         return hit
+
+    def most_popular(self, exclude: frozenset[str]) -> list[str]:
+        """The top-10 most-popular items outside the user's window."""
+        top: list[str] = []
+        for item in self.popular:
+            if item not in exclude:
+                top.append(item)
+                if len(top) == TOP_K:
+                    break
+        return top
+
+    @property
+    def popular_hr(self) -> float:
+        return self.popular_hits / self.scored_items if self.scored_items else float("nan")
 
     @property
     def hr(self) -> float:
@@ -132,7 +166,8 @@ def format_summary(run: Run) -> str:
         f"latency       p50 {s.latency_ms(50):.1f} ms, p99 {s.latency_ms(99):.1f} ms "
         f"(event consumed -> prediction produced)",
         f"DLQ           {sum(run.dlq_reasons.values())} messages on {run.dlq_topic} ({reasons})",
-        f"online HR@10  {s.hr:.3f} over {s.scored_items} predictions scored by the user's next event",
+        f"online HR@10  {s.hr:.3f} over {s.scored_items} predictions scored by the user's next event"
+        + (f" (most-popular: {s.popular_hr:.3f})" if s.popular else ""),
         f"online MAE    {s.mae:.3f} over {s.scored_values} (repeat-last-value: {s.baseline_mae:.3f})",
     ]
     if run.live is not None:

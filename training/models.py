@@ -16,7 +16,14 @@ forecast (DLinear/RLinear), so the encoder only has to learn the residual;
 `linear_input` says what that map reads: "norm", the RevIN-normalised
 lookback (RLinear); "raw", the scaled values before RevIN (DLinear), with the
 encoder's output rescaled by the window's std: forecast = linear(values) +
-std * encoder.
+std * encoder; "both" (RevIN only), two maps: forecast = (encoder +
+linear(norm)) * std + mean + linear_raw(values), so a start can be either
+ridge or a blend (`training.linear_init.set_linear_heads`).
+
+RevIN's std is floored at `REVIN_STD_FLOOR` (values are z-scored per
+channel, so that is 5% of the series' own spread): a sensor stuck on one value
+for a whole window has zero spread, and an epsilon-sized std would turn the
+next step's change into a normalised target of ~1e3.
 
 Only ops that tf2onnx exports and onnxruntime runs are used: `relu`, not
 `gelu` (which exports an `Erfc` node onnxruntime rejects). Every exported model
@@ -32,7 +39,8 @@ from keras import layers, ops
 from streamer.features import FORECAST, ITEM_SCORES
 
 
-LINEAR_INPUTS = ("norm", "raw")
+LINEAR_INPUTS = ("norm", "raw", "both")
+REVIN_STD_FLOOR = 0.05  # least per-window std (scaled units); `training.linear_init._normalise` uses it too
 
 
 @dataclass(frozen=True)
@@ -50,7 +58,7 @@ class ModelSpec:
     revin: bool = False  # instance-normalise the value channel (RevIN) for forecasting
     patch_len: int = 0  # > 0: tokens are patches of the value channel (forecast-only models)
     linear_head: bool = False  # add a linear lookback -> horizon map to the forecast head
-    linear_input: str = "norm"  # what the linear map reads: "norm" (after RevIN, if any) or "raw"
+    linear_input: str = "norm"  # what the linear map reads: "norm" (after RevIN, if any), "raw" or "both"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,6 +77,8 @@ class ModelSpec:
             raise ValueError("linear_head needs a forecast head (horizon > 0)")
         if self.linear_input not in LINEAR_INPUTS:
             raise ValueError(f"linear_input must be one of {LINEAR_INPUTS}, got {self.linear_input!r}")
+        if self.linear_head and self.linear_input == "both" and not self.revin:
+            raise ValueError("linear_input 'both' needs revin (without it both maps read the same values)")
 
 
 @keras.saving.register_keras_serializable("seqcast")
@@ -143,14 +153,22 @@ class Positions(layers.Layer):
 
 @keras.saving.register_keras_serializable("seqcast")
 class InstanceNorm(layers.Layer):
-    """RevIN statistics: per-window mean/std of the real (masked) values."""
+    """RevIN statistics: per-window mean/std of the real (masked) values, the std floored at
+    `floor` so that a flat window (a stuck sensor) cannot blow up the normalised values."""
+
+    def __init__(self, floor: float = REVIN_STD_FLOOR, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.floor = float(floor)
 
     def call(self, values, mask):
         count = ops.maximum(ops.sum(mask, axis=1, keepdims=True), 1.0)
         mean = ops.sum(values * mask, axis=1, keepdims=True) / count
         var = ops.sum(ops.square(values - mean) * mask, axis=1, keepdims=True) / count
-        std = ops.sqrt(var + 1e-5)
+        std = ops.sqrt(ops.maximum(var, self.floor ** 2))
         return (values - mean) / std * mask, mean, std
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "floor": self.floor}
 
 
 def _transformer_block(x, attention_mask, spec: ModelSpec, index: int):
@@ -285,8 +303,12 @@ def _build(spec: ModelSpec, last_query: bool) -> keras.Model:
 
 def _forecast_model(spec: ModelSpec, inputs, forecast, values, norm_values, mean, std,
                     outputs=None) -> keras.Model:
-    """Add the optional linear lookback map, undo RevIN, and wrap the model."""
-    if spec.linear_head and spec.linear_input == "raw":
+    """Add the optional linear lookback map(s), undo RevIN, and wrap the model."""
+    if spec.linear_head and spec.linear_input == "both":
+        forecast = layers.Add()([forecast, layers.Dense(spec.horizon, name="linear_head")(norm_values)])
+        linear = layers.Dense(spec.horizon, name="linear_raw_head")(values)
+        forecast = layers.Add()([forecast * std + mean, linear])
+    elif spec.linear_head and spec.linear_input == "raw":
         linear = layers.Dense(spec.horizon, name="linear_raw_head")(values)
         forecast = layers.Add()([forecast * std if spec.revin else forecast, linear])
     else:

@@ -1,8 +1,11 @@
 """One call from an event log to a served-ready bundle: prepare, fit, evaluate, export, write.
 
 This is what `seqcast train` runs, what the tests and the demo call, and the
-order matters: the test metrics are computed with the Keras model before
-export, the ONNX graph is then checked against that same model on real
+order matters: every forecast model carries a linear lookback head started
+at repeat-last-value, so that after fitting the selection guard
+(`training.selection`) can serve a baseline or a blend instead of a forecast
+head that validation says is worse than naive; the test metrics are computed
+with the Keras model (as guarded) before export, the ONNX graph is then checked against that same model on real
 windows, and only a bundle that passes the parity check is written.
 """
 from __future__ import annotations
@@ -18,9 +21,10 @@ import numpy as np
 from streamer.features import INPUT_NAMES
 from training.data.eventlog import EventLog
 from training.dataset import Prepared, prepare
-from training.evaluate import evaluate
+from training.evaluate import evaluate, season_steps
 from training.export import check_parity, export_onnx
 from training.models import ModelSpec
+from training.selection import guard_forecast, start_at_baseline
 from training.train import FitConfig, FitResult, fit
 from training.bundle_writer import write_bundle
 
@@ -60,14 +64,25 @@ def build_bundle(log_: EventLog, models_dir: Path, name: str, arch: str = "lstm"
 
 def train_and_export(log_: EventLog, models_dir: Path, name: str, spec: ModelSpec, config: FitConfig,
                      top_k: int = 10, progress: bool = True, use_items: bool = True,
-                     signing_key=None) -> TrainOutcome:
-    """The full pipeline (see module docstring). `spec.vocab_size` is filled from the data."""
+                     signing_key=None, recipe: dict | None = None) -> TrainOutcome:
+    """The full pipeline (see module docstring). `spec.vocab_size` is filled from the data, and a
+    forecast model always gets its linear lookback head. `recipe` (e.g. the demo's recipe version)
+    is stored with the hyperparameters."""
     started = time.monotonic()
     data = prepare(log_, spec.window, spec.horizon)
     has_items = use_items and log_.items is not None and len(data.vocab) > 2
-    spec = ModelSpec(**{**spec.to_dict(), "vocab_size": len(data.vocab) if has_items else 0})
-    result = fit(spec, data, config, progress=progress)
+    spec = ModelSpec(**{**spec.to_dict(), "vocab_size": len(data.vocab) if has_items else 0,
+                        "linear_head": spec.linear_head or spec.horizon > 0})
+    result = fit(spec, data, config, progress=progress,
+                 init=lambda model: start_at_baseline(model, spec.horizon, spec.window))
+    selection = None
+    if spec.horizon > 0:
+        selection = guard_forecast(result.model, data.val, spec.window, spec.horizon,
+                                   period=season_steps(data.val, spec.window))
+        log.info("forecast head: serving %s (%s)", selection.served, selection.reason)
     metrics = evaluate(result.model, data, spec)
+    if selection is not None:
+        metrics["selection"] = selection.to_dict()
     with tempfile.TemporaryDirectory(prefix="seqcast-export-") as tmp:
         onnx_file = export_onnx(result.model, spec.window, Path(tmp) / "model.onnx")
         parity = check_parity(result.model, onnx_file, parity_inputs(data))
@@ -80,7 +95,7 @@ def train_and_export(log_: EventLog, models_dir: Path, name: str, spec: ModelSpe
             hyperparameters={**spec.to_dict(), "epochs": config.epochs, "batch_size": config.batch_size,
                              "learning_rate": config.learning_rate, "seed": config.seed,
                              "best_epoch": result.best_epoch, "stopped_by": result.stopped_by,
-                             "train_seconds": round(result.seconds, 1)},
+                             "train_seconds": round(result.seconds, 1), **(recipe or {})},
             signing_key=signing_key,
         )
     return TrainOutcome(bundle, spec, result, metrics, parity, data, time.monotonic() - started)

@@ -54,4 +54,7 @@ def verdict(report: dict) -> list[str]:
         beats = rows["model"]["MSE"] < rows[best]["MSE"]
         out.append(f"forecast: model MSE {rows['model']['MSE']:.4f} vs best baseline {best} "
                    f"{rows[best]['MSE']:.4f}: {'model wins' if beats else 'baseline wins'}")
+    if "selection" in report:  # training.selection: what the forecast head serves, chosen on validation
+        chosen = report["selection"]
+        out.append(f"forecast head serves {chosen['served']}: {chosen['reason']}")
     return out

@@ -177,11 +177,12 @@ class ZScore(NamedTuple):
 
 def fit_zscore(matrix: np.ndarray, train_rows: range | slice | np.ndarray) -> ZScore:
     """Fit on `matrix[train_rows]` only, so validation and test rows never shape the scaling.
-    A constant column gets std 1 rather than a division by zero."""
+    A constant column gets std 1 rather than a division by zero, also when its std is not exactly
+    0 but rounding noise (below 1e-8 of max(1, |mean|)), which would blow the noise up to unit size."""
     if isinstance(train_rows, range):
         train_rows = slice(train_rows.start, train_rows.stop, train_rows.step)
     train = np.asarray(matrix, dtype=np.float64)[train_rows]
     if train.shape[0] == 0:
         raise ValueError("fit_zscore needs at least one training row")
-    std = train.std(axis=0)
-    return ZScore(train.mean(axis=0), np.where(std > 0, std, 1.0))
+    mean, std = train.mean(axis=0), train.std(axis=0)
+    return ZScore(mean, np.where(std >= 1e-8 * np.maximum(1.0, np.abs(mean)), std, 1.0))
