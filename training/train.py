@@ -89,13 +89,14 @@ def validation_score(model, split: Split, reference: dict[str, float] | None = N
 
     One head: its NDCG@10, or -MSE. Both heads and a `reference` (`validation_baselines`): the
     two-head score of the module docstring."""
-    from training.metrics import rank_of_targets, ranking_report
+    from training.metrics import ranking_report
+    from training.ranking_batches import validation_item_ranks
 
-    outputs = _predict(model, split)
+    # item scores are ranked in row batches (never a [rows, V] matrix); forecasts are predicted whole
+    outputs = _predict(model, split) if FORECAST in model.output_names else {}
     report: dict[str, float] = {}
-    if ITEM_SCORES in outputs and split.item_weights.sum() > 0:
-        rows = split.item_weights > 0
-        ranks = rank_of_targets(outputs[ITEM_SCORES][rows], split.item_targets[rows])
+    if ITEM_SCORES in model.output_names and split.item_weights.sum() > 0:
+        ranks = validation_item_ranks(model, split)
         report.update({f"val_{k}": v for k, v in ranking_report(ranks, ks=(10,)).items()})
         report["score"] = report["val_NDCG@10"]
     if FORECAST in outputs and split.value_weights.sum() > 0:
