@@ -48,6 +48,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "accuracy", help="JSON, tables, bundles")
     parser.add_argument("--plots", type=Path, default=None, help="PNG folder (default: --out)")
     parser.add_argument("--no-bundle", action="store_true", help="skip the ONNX export + bundle")
+    parser.add_argument("--negatives", type=int, default=None,
+                        help="recommenders: sampled-softmax negatives per batch (0 = full softmax; default: the "
+                        "recipe, full softmax up to 16,384 items, 2,048 above)")
+    parser.add_argument("--sampler", choices=["popularity", "uniform"], default=None,
+                        help="recommenders: how negatives are drawn (default: popularity, logQ-corrected)")
+    parser.add_argument("--no-refit", dest="refit", action="store_false",
+                        help="recommenders: serve the early-stopped model, without the refit on train + "
+                        "validation targets")
     args = parser.parse_args(argv)
     args.horizons = [int(h) for h in args.horizons.split(",")]
     args.archs = ["transformer", "lstm"] if args.arch == "both" else [args.arch]
