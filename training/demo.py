@@ -51,8 +51,8 @@ from streamer.settings import ENV_PREFIX, FILE_SUFFIX, Settings, SettingsError
 from training.demo_feed import Feed, read_dlq, replay_events
 from training.demo_procs import (KILL_WAIT_S, SIDECAR_GRACE_S, Children, delete_keys, redis_answers, user_redis_answers,
                                  without_security)
-from training.demo_score import (OnlineScore, Run, format_summary, metric_samples, next_events, service_live,
-                                 window_items)
+from training.demo_score import (OnlineScore, Run, format_summary, metric_samples, next_events, popular_items,
+                                 service_live, window_items)
 
 if TYPE_CHECKING:  # imported where used: `seqcast --help` must not load Kafka
     from tqdm import tqdm
@@ -403,14 +403,6 @@ def start_service(children: Children, bundle: Path, settings: Settings, environ:
             pass
         time.sleep(0.2)
     raise DemoError(f"the service was not ready after 90 s; see {log_path}")
-
-
-def popular_items(bundle: Path) -> list[str]:
-    """The bundle's items, most frequent in training first (the trainer writes the vocabulary in that order)."""
-    from streamer.bundle import VOCAB_FILE
-    from streamer.features import RESERVED, Vocabulary
-
-    return Vocabulary.load(bundle / VOCAB_FILE).item_ids[len(RESERVED):]
 
 
 def stream(args: argparse.Namespace, settings: Settings, names: Names, port: int, service, bundle: Path) -> str:

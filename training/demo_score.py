@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 from streamer.events import Event
@@ -45,6 +46,14 @@ def window_items(events: Sequence[Event], window: int) -> dict[str, frozenset[st
             items.append(event.item_id)
         out[event.event_id] = frozenset(items)
     return out
+
+
+def popular_items(bundle: Path) -> list[str]:
+    """The bundle's items, most frequent in training first (the trainer writes the vocabulary in that order)."""
+    from streamer.bundle import VOCAB_FILE
+    from streamer.features import RESERVED, Vocabulary
+
+    return Vocabulary.load(bundle / VOCAB_FILE).item_ids[len(RESERVED):]
 
 
 @dataclass
