@@ -32,10 +32,11 @@ import numpy as np
 
 from streamer.features import FORECAST, INPUT_NAMES
 from training.dataset import Split
+from training.linear_init import LINEAR_LAYERS
 
 BLEND_WEIGHTS = (0.25, 0.5, 0.75)  # weight of the baseline in a blend
 ENCODER_LAST = "forecast_dense"
-LINEAR_NORM, LINEAR_RAW = "linear_head", "linear_raw_head"
+LINEAR_NORM, LINEAR_RAW = LINEAR_LAYERS["norm"], LINEAR_LAYERS["raw"]  # the layer names models.py builds
 
 
 @dataclass
