@@ -27,6 +27,7 @@ from streamer.metrics import Metrics
 from streamer.predict import Models
 from streamer.registry import Registry
 from streamer.rollout import ModelManager, ref_for
+from streamer.rollout_controller import Controller, RolloutMetrics
 from streamer.outages import Backoff, redis_unavailable, sleep_unless
 from streamer.security import SecurityError
 from streamer.service import Service
@@ -128,9 +129,10 @@ def serve(settings: Settings) -> int:
         signal.signal(sig, lambda _signum, _frame: stop.set())  # no logging here: not signal-safe
     registry = CollectorRegistry()
     metrics = Metrics.create(registry)
+    rollout_metrics = RolloutMetrics.create(registry)  # exposed by every instance; set by the lease holder
     health = Health(stale_after_s=max(10.0, 5 * settings.poll_timeout_ms / 1000))
     http = serve_http(settings.metrics_host, settings.metrics_port, registry, health) if settings.metrics_port else None
-    consumer = producer = manager = None
+    consumer = producer = manager = controller = None
     try:
         check_files(settings)  # a TLS or key file that is not there fails now, naming the setting
         fallback = load_models(settings, metrics)  # a bad bundle fails now, before any waiting
@@ -140,6 +142,8 @@ def serve(settings: Settings) -> int:
         up("redis", lambda: check_redis(settings, client))  # a wrong password or CA fails now, named
         models, manager = up("redis", lambda: start_models(settings, client, metrics, fallback))
         health.model_loaded = True
+        if settings.rollout_controller and manager is not None:  # one of the group's candidates for the lease
+            controller = Controller(client, settings.key_prefix, rollout_metrics).start()
         store = up("redis", lambda: WindowStore(client, settings.key_prefix, settings.window_len or models.window_len,
                                                 settings.window_ttl_seconds, settings.window_slack))
         live = up("redis", lambda: LiveScorer(client, settings.key_prefix, settings.window_ttl_seconds, metrics)) \
@@ -169,6 +173,8 @@ def serve(settings: Settings) -> int:
         return 1
     finally:
         health.model_loaded = False
+        if controller is not None:
+            controller.stop()
         if manager is not None:
             manager.stop()
         if consumer is not None:

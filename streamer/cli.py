@@ -24,9 +24,10 @@ def add_commands(subparsers) -> None:
     _add_replay(subparsers)
     _add_tail(subparsers)
     _add_inspect(subparsers)
-    from streamer import models_cli, signing_cli
+    from streamer import models_cli, rollout_cli, signing_cli
 
     models_cli.add_command(subparsers)
+    rollout_cli.add_command(subparsers)
     signing_cli.add_commands(subparsers)  # keygen, sign
 
 

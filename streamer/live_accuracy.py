@@ -5,7 +5,11 @@ judged against what they actually did: was the item in the top-K (HR@K), how
 far was the first forecast step from the value (absolute error, original
 units)? Totals go to Prometheus (`seqcast_live_*`, per model version and arm)
 and to Redis (`{prefix}:model:live:<version>`, so `seqcast models list` can
-show them across every consumer of the group).
+show them across every consumer of the group). With a shadow, its verdict on an
+event is also paired with the served arm's verdict on the same event
+(`{prefix}:model:paired:<shadow version>`): the rollout controller's paired
+test needs the per-event differences, summed with their squares
+(`streamer.live_totals` names every field).
 
 State is bounded: the last prediction per user and role ("served" = primary or
 canary, "shadow") in `{prefix}:{<user>}:last`, a hash that shares the
@@ -57,28 +61,32 @@ import orjson
 from redis.exceptions import NoScriptError
 
 from streamer.features import MAX_SCALED
+from streamer.live_totals import TALLY_FIELDS, paired_key, totals_key
+from streamer.live_totals import read_paired, read_totals  # noqa: F401  (re-exported: the readers' old home)
 from streamer.metrics import Metrics
 from streamer.predict import SHADOW, Scored
 from streamer.slots import SlotTags
 
 HEADS = ("items", "forecast")
 SKIP_REASONS = ("not_finite", "out_of_range", "overflow")
-TALLY_FIELDS = ("items_scored", "hits", "forecast_scored", "abs_error", "forecast_skipped")
-_TALLY = struct.Struct("<Hddddd")  # group number, then the five TALLY_FIELDS amounts
+ARM, PAIR = 1, 2  # kinds of totals: one arm's own, or a shadow paired with the served arm on the same events
+_WIDTH = 8  # amounts per tally (an arm's uses the first six)
+_TALLY = struct.Struct("<H" + "d" * _WIDTH)  # group number, then the amounts in TALLY_FIELDS / PAIR_FIELDS order
 
-# KEYS: every key the call touches. ARGV: ttl, n_groups, n_groups x (totals_key_index, arm), then per op:
+# KEYS: every key the call touches. ARGV: ttl, n_groups, n_groups x (totals_key_index, label, kind), then per op:
 #   last_key_index, role, expected (stored bytes, "" = absent), new (bytes), tallies
-# where tallies = n x <uint16 group><5 float64 amounts in TALLY_FIELDS order> (struct, no number parsing).
+# where tallies = n x <uint16 group><8 float64 amounts> (struct, no number parsing), named by the group's
+# kind: 1 = an arm's TALLY_FIELDS (label = arm), 2 = a pair's PAIR_FIELDS (label = the served version).
 # An op whose last-prediction slot no longer holds `expected` is skipped with its tallies.
 # Amounts are summed per (group, field) over the applied ops in op order; a total that would stop
 # being finite is left unchanged. Returns {skipped ops (1-based), overflowed fields}.
 WRITE_SCRIPT = """
 local call, unpack_s = redis.call, struct.unpack
 local ttl, n_groups = tonumber(ARGV[1]), tonumber(ARGV[2])
-local group_key, group_arm, pos = {}, {}, 3
+local group_key, group_arm, group_kind, pos = {}, {}, {}, 3
 for g = 1, n_groups do
-  group_key[g], group_arm[g] = KEYS[tonumber(ARGV[pos])], ARGV[pos + 1]
-  pos = pos + 2
+  group_key[g], group_arm[g], group_kind[g] = KEYS[tonumber(ARGV[pos])], ARGV[pos + 1], tonumber(ARGV[pos + 2])
+  pos = pos + 3
 end
 local skipped, sums, order, op = {}, {}, {}, 0
 while pos <= #ARGV do
@@ -87,29 +95,32 @@ while pos <= #ARGV do
   if (call('HGET', key, role) or '') == expected then
     call('HSET', key, role, ARGV[pos + 3])
     if ttl > 0 then call('EXPIRE', key, ttl) end
-    for at = 1, #tallies, 42 do
-      local g, a, b, c, d, e = unpack_s('<Hddddd', tallies, at)
+    for at = 1, #tallies, 66 do
+      local g, a, b, c, d, e, f, h, i = unpack_s('<Hdddddddd', tallies, at)
       local s = sums[g]
       if s == nil then
-        s = {0, 0, 0, 0, 0}
+        s = {0, 0, 0, 0, 0, 0, 0, 0}
         sums[g] = s
         order[#order + 1] = g
       end
-      s[1], s[2], s[3], s[4], s[5] = s[1] + a, s[2] + b, s[3] + c, s[4] + d, s[5] + e
+      s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8] = s[1] + a, s[2] + b, s[3] + c, s[4] + d, s[5] + e,
+        s[6] + f, s[7] + h, s[8] + i
     end
   else
     skipped[#skipped + 1] = op
   end
   pos = pos + 5
 end
-local names = {'items_scored', 'hits', 'forecast_scored', 'abs_error', 'forecast_skipped'}
+local names = {{'items_scored', 'hits', 'forecast_scored', 'abs_error', 'forecast_skipped', 'sq_error'},
+  {'pairs_items', 'hit_diff', 'hit_diff_sq', 'base_hits', 'pairs_forecast', 'err_diff', 'err_diff_sq',
+   'base_abs_error'}}
 local overflowed = 0
 for _, g in ipairs(order) do
-  local key, s = group_key[g], sums[g]
-  for f = 1, 5 do
+  local key, s, kind_names = group_key[g], sums[g], names[group_kind[g]]
+  for f = 1, #kind_names do
     local amount = s[f]
     if amount ~= 0 then
-      local fieldname = group_arm[g] .. ':' .. names[f]
+      local fieldname = group_arm[g] .. ':' .. kind_names[f]
       local after = tonumber(call('HGET', key, fieldname) or '0') + amount
       if after == after and after ~= math.huge and after ~= -math.huge then
         call('HINCRBYFLOAT', key, fieldname, string.format('%.17g', amount))
@@ -190,6 +201,7 @@ class Tally:
     forecast_scored: int = 0
     abs_error: float = 0.0
     forecast_skipped: int = 0
+    sq_error: float = 0.0
 
     def add(self, other: "Tally") -> None:
         for name in TALLY_FIELDS:
@@ -203,7 +215,10 @@ class Tally:
 class UserUpdate:
     """One (user, role) slot's change in a batch: what was read, what to write, what it accounts for.
 
-    Plain slots; the tallies (version, arm) -> [5 amounts] are made only when a judgment happens."""
+    Plain slots; the tallies (kind, version, label) -> [8 amounts] are made only when a judgment
+    happens: (ARM, version, arm) for the arm's own totals, (PAIR, shadow version, served version)
+    for a shadow judged on the same event as the served arm (kept on the shadow's update, so the
+    shadow mark's compare-and-set guards the pair against a double count too)."""
 
     __slots__ = ("user", "role", "expected", "last", "new", "tallies", "skips")
 
@@ -212,28 +227,36 @@ class UserUpdate:
         self.expected = expected  # the stored mark as read (b"" = none): the compare-and-set guard
         self.last: Mark | None = decode_mark(expected) if expected else None
         self.new: Mark | None = None
-        self.tallies: dict[tuple[str, str], list] | None = None
+        self.tallies: dict[tuple[int, str, str], list] | None = None
         self.skips: dict[str, int] | None = None
+
+    def tally(self, key: tuple[int, str, str]) -> list:
+        tallies = self.tallies
+        if tallies is None:
+            tallies = self.tallies = {}
+        tally = tallies.get(key)
+        if tally is None:
+            tally = tallies[key] = [0, 0, 0, 0.0, 0, 0.0, 0, 0.0]
+        return tally
 
 
 def role_of(scored: Scored) -> str:
     return "shadow" if scored.arm == SHADOW else "served"
 
 
-def judge(previous: Mark, scored: Scored, update: UserUpdate) -> None:
-    """Add the verdict on `previous` given the event that followed it."""
+Verdict = tuple  # (hit: bool | None, error: float | None): None where that head was not judged
+
+
+def judge(previous: Mark, scored: Scored, update: UserUpdate) -> Verdict:
+    """Add the verdict on `previous` given the event that followed it; returns that verdict."""
     event = scored.event
-    key = (previous[2], previous[3])
-    tallies = update.tallies
-    if tallies is None:
-        tallies = update.tallies = {}
-    tally = tallies.get(key)
-    if tally is None:
-        tally = tallies[key] = [0, 0, 0, 0.0, 0]
+    tally = update.tally((ARM, previous[2], previous[3]))
     items, forecast0 = previous[5], previous[4]
+    hit = error = None
     if items is not None and event.item_id is not None:
+        hit = event.item_id in items
         tally[0] += 1
-        tally[1] += event.item_id in items
+        tally[1] += hit
     if forecast0 is not None and event.value is not None:
         error = abs(event.value - forecast0)
         reason = None if math.isfinite(error) else "not_finite"
@@ -242,12 +265,40 @@ def judge(previous: Mark, scored: Scored, update: UserUpdate) -> None:
         if reason is None:
             tally[2] += 1
             tally[3] += error
+            tally[5] += error * error
         else:
+            error = None
             tally[4] += 1
             skips = update.skips
             if skips is None:
                 skips = update.skips = {}
             skips[reason] = skips.get(reason, 0) + 1
+    return hit, error
+
+
+def pair(served: tuple[Mark, Verdict], shadow_previous: Mark, shadow_verdict: Verdict, update: UserUpdate) -> None:
+    """Add the paired difference of a shadow and the served arm judged on the same event, when both
+    predictions were made at the same previous event (a shadow added later, or re-added, may hold an
+    older one) and both have the head."""
+    served_previous, (hit_b, err_b) = served
+    if (served_previous[0], served_previous[1]) != (shadow_previous[0], shadow_previous[1]):
+        return
+    hit_c, err_c = shadow_verdict
+    if (hit_b is None or hit_c is None) and (err_b is None or err_c is None):
+        return
+    tally = update.tally((PAIR, shadow_previous[2], served_previous[2]))
+    if hit_b is not None and hit_c is not None:
+        _add_difference(tally, 0, hit_c - hit_b, hit_b)
+    if err_b is not None and err_c is not None:
+        _add_difference(tally, 4, err_b - err_c, err_b)
+
+
+def _add_difference(tally: list, at: int, d: float, baseline: float) -> None:
+    """One pair of a head into PAIR_FIELDS[at:at + 4]: count, d, d^2, the served arm's own amount."""
+    tally[at] += 1
+    tally[at + 1] += d
+    tally[at + 2] += d * d
+    tally[at + 3] += baseline
 
 
 class LiveScorer:
@@ -265,8 +316,7 @@ class LiveScorer:
         return f"{self.prefix}:{{{user_id}}}:last"
 
     def totals_key(self, version: str, shard: str | None = None) -> str:
-        base = f"{self.prefix}:model:live:{version}"
-        return base if shard is None else f"{base}:{{{shard}}}"
+        return totals_key(self.prefix, version, shard)
 
     def score(self, batch: Sequence[Scored], marks: dict[str, dict[str, bytes]] | None = None
               ) -> dict[tuple[str, str], Tally]:
@@ -274,7 +324,10 @@ class LiveScorer:
 
         `marks`: user -> {role: stored mark} as read for this batch (WindowStore.append_and_read_marks);
         users missing from it are read here. A mark changed since it was read only costs its judgment
-        (the write's compare-and-set refuses it), never a double count."""
+        (the write's compare-and-set refuses it), never a double count.
+
+        With a shadow (its predictions come after all served ones, `predict_batch`), each served
+        verdict is kept by event so the shadow's verdict on the same event can be paired with it."""
         if not batch:
             return {}
         marks = {} if marks is None else marks
@@ -282,9 +335,12 @@ class LiveScorer:
         if missing:
             marks = {**marks, **self.read_marks(missing)}
         updates: dict[tuple[str, str], UserUpdate] = {}
+        pairing = batch[-1].arm == SHADOW
+        served_verdicts: dict[int, tuple[Mark, Verdict]] = {}
         for scored in batch:
             event = scored.event
-            slot = (event.user_id, "shadow" if scored.arm == SHADOW else "served")
+            shadow = scored.arm == SHADOW
+            slot = (event.user_id, "shadow" if shadow else "served")
             update = updates.get(slot)
             if update is None:
                 update = updates[slot] = UserUpdate(slot[0], slot[1], marks[slot[0]].get(slot[1], b""))
@@ -292,7 +348,12 @@ class LiveScorer:
             if previous is not None:
                 if (event.ts, event.event_id) <= (previous[0], previous[1]):
                     continue  # a replay or a late event: judged (or skipped) before, keep the newer state
-                judge(previous, scored, update)
+                verdict = judge(previous, scored, update)
+                if pairing:
+                    if not shadow:
+                        served_verdicts[id(event)] = (previous, verdict)
+                    elif (served := served_verdicts.get(id(event))) is not None:
+                        pair(served, previous, verdict, update)
             update.last = update.new = mark_of(scored)
         written = [u for u in updates.values() if u.new is not None]
         applied = self._write(written)
@@ -319,10 +380,10 @@ class LiveScorer:
         pipe = self.client.pipeline(transaction=False)
         calls = []
         for shard, group in groups.items():
-            keys, argv, versions = self._call(shard, group)
+            keys, argv, bases = self._call(shard, group)
             if shard is not None:  # the shard index lives in another slot: listed first, idempotently
-                for version in versions:
-                    pipe.sadd(f"{self.totals_key(version)}:shards", shard)
+                for base in bases:
+                    pipe.sadd(f"{base}:shards", shard)
             pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, *argv)
             calls.append(group)
         try:
@@ -345,26 +406,30 @@ class LiveScorer:
         return applied
 
     def _call(self, shard: str | None, group: list[UserUpdate]) -> tuple[list[str], list, set[str]]:
-        """KEYS and ARGV of one write-script call, and the versions it adds totals to."""
+        """KEYS and ARGV of one write-script call, and the base totals keys it adds to."""
         keys: dict[str, int] = {}
-        numbers: dict[tuple[str, str], int] = {}  # (version, arm) -> group number
+        numbers: dict[tuple[int, str, str], int] = {}  # (kind, version, label) -> group number
         header: list = []
         ops: list = []
+        bases: set[str] = set()
         pack, ttl, prefix = _TALLY.pack, self.ttl_seconds, self.prefix
         for update in group:
             tallies = b""
             if update.tallies:
                 parts = []
-                for pair, t in update.tallies.items():
-                    g = numbers.get(pair)
+                for group_key, t in update.tallies.items():
+                    g = numbers.get(group_key)
                     if g is None:
-                        g = numbers[pair] = len(numbers) + 1
-                        header += (keys.setdefault(self.totals_key(pair[0], shard), len(keys) + 1), pair[1])
+                        g = numbers[group_key] = len(numbers) + 1
+                        kind, version, label = group_key
+                        name = totals_key if kind == ARM else paired_key
+                        bases.add(name(prefix, version))
+                        header += (keys.setdefault(name(prefix, version, shard), len(keys) + 1), label, kind)
                     parts.append(pack(g, *t))
                 tallies = b"".join(parts)
             index = keys.setdefault(f"{prefix}:{{{update.user}}}:last", len(keys) + 1)
             ops += (index, update.role, update.expected, encode_mark(update.new), tallies)
-        return list(keys), [ttl, len(numbers), *header, *ops], {v for v, _ in numbers}
+        return list(keys), [ttl, len(numbers), *header, *ops], bases
 
     def _observe(self, applied: list[UserUpdate]) -> dict[tuple[str, str], Tally]:
         """Prometheus, once per batch per label set; returns the applied tallies by (version, arm)."""
@@ -373,12 +438,14 @@ class LiveScorer:
         skips: dict[str, int] = {}
         for update in applied:
             if update.tallies:
-                for key, t in update.tallies.items():
-                    s = sums.get(key)
+                for (kind, version, arm), t in update.tallies.items():
+                    if kind != ARM:
+                        continue  # pairs are for the rollout controller (Redis), not per-process metrics
+                    s = sums.get((version, arm))
                     if s is None:
-                        sums[key] = list(t)
+                        sums[(version, arm)] = list(t)
                     else:
-                        for i in range(5):
+                        for i in range(6):
                             s[i] += t[i]
             if update.skips:
                 for reason, count in update.skips.items():
@@ -387,29 +454,9 @@ class LiveScorer:
             m.live_skipped.labels(reason).inc(count)
         totals = {}
         for (version, arm), s in sums.items():
-            t = totals[(version, arm)] = Tally(*s)
+            t = totals[(version, arm)] = Tally(*s[:6])
             m.live_scored.labels(version, arm, "items").inc(t.items_scored)
             m.live_scored.labels(version, arm, "forecast").inc(t.forecast_scored)
             m.live_hits.labels(version, arm).inc(t.hits)
             m.live_abs_error.labels(version, arm).inc(t.abs_error)
         return totals
-
-
-def read_totals(client, prefix: str, version: str) -> dict[str, dict[str, float]]:
-    """arm -> {"items_scored", "hits", "HR", "forecast_scored", "abs_error", "MAE", ...} from Redis,
-    summed over the slot shards on Redis Cluster."""
-    base = f"{prefix}:model:live:{version}"
-    shards = [s.decode() if isinstance(s, bytes) else s for s in client.smembers(f"{base}:shards")]
-    arms: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    for key in [base, *(f"{base}:{{{shard}}}" for shard in sorted(shards))]:
-        for name, value in client.hgetall(key).items():
-            name = name.decode() if isinstance(name, bytes) else name
-            arm, stat = name.split(":", 1)
-            arms[arm][stat] += float(value)
-    out = {}
-    for arm, t in arms.items():
-        t = dict(t)
-        t["HR"] = t.get("hits", 0.0) / t["items_scored"] if t.get("items_scored") else float("nan")
-        t["MAE"] = t.get("abs_error", 0.0) / t["forecast_scored"] if t.get("forecast_scored") else float("nan")
-        out[arm] = t
-    return out

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LAG_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 86400.0, float("inf"))
 STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+ARMS = ("primary", "canary", "shadow")  # streamer.predict's arms (not imported: predict imports this module)
 BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 
 
@@ -25,7 +26,7 @@ class Metrics(NamedTuple):
     predictions_emitted: Counter  # {model_version, arm}
     event_latency: Histogram  # consumed -> produced
     event_time_lag: Histogram  # event ts -> produced
-    inference: Histogram  # one model call (one arm, one batch)
+    inference: Histogram  # {arm}: one model call (one arm, one batch)
     batch_size: Histogram
     redis: Histogram  # one window-store pipeline
     consumer_lag: Gauge  # {partition}
@@ -43,11 +44,12 @@ class Metrics(NamedTuple):
     outages: Counter  # {dependency}: times the loop paused for it
     delivery_failures: Counter  # flushes/sends the broker did not acknowledge (the loop rewound)
     broker_reachable: Gauge  # 1 while the consumer has a live, answering connection to a partition leader
+    arm_errors: Counter  # {arm}: predictions an arm failed to make (its model call raised)
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> "Metrics":
         p = "seqcast_"
-        return cls(
+        metrics = cls(
             Counter(p + "events_consumed", "Messages read from the input topic (valid or not).", registry=registry),
             Counter(p + "events_invalid", "Messages sent to the dead-letter topic, by reason.", ["reason"],
                     registry=registry),
@@ -57,8 +59,8 @@ class Metrics(NamedTuple):
                       buckets=LATENCY_BUCKETS, registry=registry),
             Histogram(p + "event_time_lag_seconds", "From the event's own timestamp to its prediction being produced.",
                       buckets=LAG_BUCKETS, registry=registry),
-            Histogram(p + "inference_seconds", "One onnxruntime call for a batch of windows.",
-                      buckets=STEP_BUCKETS, registry=registry),
+            Histogram(p + "inference_seconds", "One onnxruntime call for a batch of windows, by arm.",
+                      ["arm"], buckets=STEP_BUCKETS, registry=registry),
             Histogram(p + "batch_size", "Valid events per processed batch.", buckets=BATCH_BUCKETS, registry=registry),
             Histogram(p + "redis_seconds", "One window-store pipeline (one round trip per batch).",
                       buckets=STEP_BUCKETS, registry=registry),
@@ -93,7 +95,12 @@ class Metrics(NamedTuple):
                     "to the last committed offsets.", registry=registry),
             Gauge(p + "broker_reachable", "1 while the consumer has a live connection to a partition leader with "
                   "no request unanswered for 10 s (the /healthz broker check).", registry=registry),
+            Counter(p + "arm_errors", "Predictions a model arm failed to make (its model call raised); a failed "
+                    "shadow never stops the served predictions.", ["arm"], registry=registry),
         )
+        for arm in ARMS:  # a zero per arm from the start: a failure rate is 0, not "no data"
+            metrics.arm_errors.labels(arm)
+        return metrics
 
 
 def observe_many(histogram: Histogram, values: np.ndarray) -> None:

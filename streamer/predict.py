@@ -16,9 +16,11 @@ items that are not in the window and are not [PAD]/[OOV].
 """
 from __future__ import annotations
 
+import logging
 import math
+import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 
@@ -29,6 +31,7 @@ from streamer.registry import on_canary
 from streamer.topk import TopK
 from streamer.window_store import Window
 
+log = logging.getLogger("streamer.predict")
 PRIMARY = "primary"
 CANARY = "canary"
 SHADOW = "shadow"
@@ -170,18 +173,42 @@ def _bodies(bundle: Bundle, arm: str, events: Sequence[Event], inputs: dict[str,
     return bodies
 
 
+class ArmFailed(Exception):
+    """A served arm's model call raised: the service re-runs the batch event by event and counts the
+    events this arm still cannot answer (`ArmObserver.failed`) as they go to the dead-letter topic."""
+
+    def __init__(self, arm: str, version: str, err: BaseException) -> None:
+        super().__init__(f"model arm {arm} ({version}) failed: {err!r}")
+        self.arm, self.version = arm, version
+
+
+class ArmObserver(Protocol):
+    """What `predict_batch` reports per arm (`streamer.arm_perf.ArmPerf`)."""
+
+    def observe(self, version: str, arm: str, seconds: float, rows: int) -> None: ...
+
+    def failed(self, version: str, arm: str, rows: int, err: BaseException) -> None: ...
+
+
 def _run_arm(models: Models, arm: str, events: Sequence[Event], windows: Sequence[Window],
-             timer=None) -> list[Scored]:
+             perf: ArmObserver | None = None) -> list[Scored]:
     bundle = models.arms[arm]
+    version = bundle.manifest.version
     params = _params(bundle, events)
     inputs = encode(bundle, events, windows, params)
-    if timer is None:
+    if perf is None:
         outputs = bundle.predict(inputs)
     else:
-        with timer():
+        start = time.perf_counter()
+        try:
             outputs = bundle.predict(inputs)
+        except Exception as err:
+            if arm == SHADOW:
+                perf.failed(version, arm, len(events), err)  # no retry follows: counted here
+                raise
+            raise ArmFailed(arm, version, err) from err
+        perf.observe(version, arm, time.perf_counter() - start, len(events))
     bodies = _bodies(bundle, arm, events, inputs, outputs, models.top_k, params)
-    version = bundle.manifest.version
     return [Scored(event, arm, version, body, scale) for event, body, scale in zip(events, bodies, params[:, 1].tolist())]
 
 
@@ -194,20 +221,27 @@ def _params(bundle: Bundle, events: Sequence[Event]) -> np.ndarray:
 
 
 def predict_batch(models: Models, events: Sequence[Event], windows: Sequence[Window],
-                  timer=None) -> list[Scored]:
+                  perf: ArmObserver | None = None) -> list[Scored]:
     """Predictions for every event: first the served one of each event, in input order (primary
     or canary, one bundle.predict per arm present), then, with a shadow, the shadow's for every
     event, in input order.
 
-    `timer`, if given, is a context-manager factory wrapped around each model call (metrics).
+    `perf`, if given, hears each arm's model call time and failures (metrics, rollout guard rails).
+    A shadow that fails costs only its own predictions: it is never emitted, so its bug must not
+    send the batch to the dead-letter topic (reported to `perf`, or logged without one). A served
+    arm's failure raises: the service then finds the event(s) it cannot answer.
     """
     arms = [models.route(e) for e in events]
     out: list[Scored | None] = [None] * len(events)
     for arm in dict.fromkeys(arms):
         rows = [i for i, a in enumerate(arms) if a == arm]
-        served = _run_arm(models, arm, [events[i] for i in rows], [windows[i] for i in rows], timer)
+        served = _run_arm(models, arm, [events[i] for i in rows], [windows[i] for i in rows], perf)
         for i, scored in zip(rows, served):
             out[i] = scored
     if SHADOW in models.arms:
-        out.extend(_run_arm(models, SHADOW, events, windows, timer))
+        try:
+            out.extend(_run_arm(models, SHADOW, events, windows, perf))
+        except Exception as err:
+            if perf is None:
+                log.error("shadow model failed; its predictions are skipped: %r", err)
     return out  # type: ignore[return-value]

@@ -122,6 +122,19 @@ class Registry:
         pipe.delete(self.key("shadow")) if ref is None else pipe.set(self.key("shadow"), ref)
         self._commit(pipe)
 
+    def set_roles(self, canary: tuple[str, float] | None, shadow: str | None) -> None:
+        """Canary (ref, percent) and shadow in one change (one epoch): a rollout moving from shadow to
+        canary never shows the services a moment with neither."""
+        if canary is not None and not 0 < canary[1] <= 100:
+            raise ValueError(f"canary percent must be in (0, 100], got {canary[1]}")
+        pipe = self.redis.pipeline(transaction=False)
+        if canary is None:
+            pipe.delete(self.key("canary"))
+        else:
+            pipe.set(self.key("canary"), json.dumps({"ref": canary[0], "percent": canary[1]}))
+        pipe.delete(self.key("shadow")) if shadow is None else pipe.set(self.key("shadow"), shadow)
+        self._commit(pipe)
+
     def rollback(self) -> str:
         """Re-activate the previous version and drop any canary; returns the ref now active."""
         previous = self.redis.lpop(self.key("history"))

@@ -29,6 +29,7 @@ import logging
 import threading
 from pathlib import Path
 
+from streamer.arm_perf import ArmPerf
 from streamer.bundle import Bundle, BundleError, load_bundle
 from streamer.logs import log_event
 from streamer.metrics import Metrics
@@ -107,6 +108,7 @@ class ModelManager:
         self.refused: dict | None = None
         self.heartbeat = Heartbeat(registry.redis, registry.prefix, max(poll_s, heartbeat_s), instance)
         self._report_now = True
+        self.perf = ArmPerf(metrics)  # the service adds each arm's call times; flushed to Redis every poll
 
     def refresh(self) -> bool:
         """Apply the registry if its epoch moved; True when `current` changed."""
@@ -216,10 +218,19 @@ class ModelManager:
                 self.report()
         except Exception as err:  # a reporting bug must not stop the swaps either
             log_event(log, "served report failed", logging.WARNING, error=repr(err))
+        try:
+            self.perf.flush(self.registry.redis, self.registry.prefix)
+        except Exception:  # kept for the next poll; the registry poll above already reports an outage
+            pass
 
     def stop(self) -> None:
-        """Stop polling and remove this instance's heartbeat: a stopped service serves nothing."""
+        """Stop polling, send the last call times, and remove this instance's heartbeat: a stopped
+        service serves nothing."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+            try:
+                self.perf.flush(self.registry.redis, self.registry.prefix)
+            except Exception:
+                pass
             self.heartbeat.clear()

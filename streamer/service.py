@@ -43,13 +43,14 @@ import numpy as np
 from orjson import dumps
 
 from streamer import dlq
+from streamer.arm_perf import ArmPerf
 from streamer.events import Event
 from streamer.http import Health
 from streamer.live_accuracy import LiveScorer
 from streamer.logs import Stats, log_event
 from streamer.metrics import Metrics, observe_many
 from streamer.outages import Backoff, redis_unavailable, sleep_unless
-from streamer.predict import Models, Scored, predict_batch
+from streamer.predict import ArmFailed, Models, Scored, predict_batch
 from streamer.rollout import ModelManager
 from streamer.settings import Settings
 from streamer.transport import Consumer, DeliveryError, Partition, Producer, Record
@@ -98,6 +99,8 @@ class Service:
                  live: LiveScorer | None = None) -> None:
         self.settings = settings
         self.manager = manager  # publishes a new Models when the registry changes
+        # per-arm call times and failures; the manager's thread flushes them to Redis (rollout guard rails)
+        self.perf = manager.perf if manager is not None else ArmPerf(metrics)
         self.live = live
         self.consumer = consumer
         self.producer = producer
@@ -216,6 +219,8 @@ class Service:
             raise
         except Exception as err:
             if len(events) == 1:
+                if isinstance(err, ArmFailed):  # the arm's failure rate is a rollout guard rail
+                    self.perf.failed(err.version, err.arm, 1, err)
                 log_event(log, "message handling failed; sent to the DLQ", logging.ERROR, error=repr(err),
                           partition=sources[0].partition, offset=sources[0].offset)
                 return [], [dlq.internal_error(sources[0], err)]
@@ -236,7 +241,7 @@ class Service:
             else:
                 self._live_marks.update(marks)
         models = self.models  # one reference per batch: a swap takes effect on the next batch
-        return predict_batch(models, events, windows, timer=self.metrics.inference.time)
+        return predict_batch(models, events, windows, perf=self.perf)
 
     def _windows(self, events: list[Event]) -> tuple[list, dict | None]:
         """The as-of windows and, with live accuracy on, its stored marks of the batch's users: one

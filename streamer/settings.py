@@ -110,6 +110,9 @@ class Settings:
       live_accuracy         score each user's previous prediction when the next event arrives
                             (HR@K, MAE per model version and arm); the marks are read with the windows (same
                             Redis call), so it costs one extra round trip per batch: the write.
+      rollout_controller    run the automated rollout controller (`seqcast rollout`) as a duty of this
+                            service: every instance competes for one lease in Redis and only the holder
+                            acts; off = run `seqcast rollout controller` as its own process instead.
     Operations
       metrics_host, metrics_port  /metrics and /healthz listen here; port 0 = no HTTP server.
       log_level             DEBUG, INFO, WARNING or ERROR; logs are JSON lines on stderr.
@@ -159,6 +162,7 @@ class Settings:
     trusted_keys: str = ""
     registry_poll_ms: int = 1000
     live_accuracy: bool = True
+    rollout_controller: bool = True
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9108
     log_level: str = "INFO"

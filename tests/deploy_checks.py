@@ -45,6 +45,13 @@ ROLLOUT_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "seqcast_live_abs_error": ("counter", ("model_version", "arm")),
     "seqcast_model_load_failures": ("counter", ()),
     "seqcast_model_swaps": ("counter", ("role",)),
+    "seqcast_rollout_phase": ("gauge", ("phase",)),
+    "seqcast_rollout_weight": ("gauge", ()),
+    "seqcast_rollout_decisions": ("counter", ("outcome",)),
+    "seqcast_rollout_leader": ("gauge", ()),
+    "seqcast_rollout_delta": ("gauge", ("head", "bound")),
+    "seqcast_rollout_scored": ("gauge", ("head",)),
+    "seqcast_arm_errors": ("counter", ("arm",)),
 }
 # Series that Prometheus itself makes for every target; alert rules may use them.
 PROMETHEUS_SERIES = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scraped"})
@@ -141,9 +148,12 @@ def families_from_scrape(scrape_text: str) -> dict[str, Family]:
 
 
 def declared_families() -> dict[str, Family]:
-    """The families `streamer.metrics.Metrics.create` declares, with their label names."""
+    """The families every `seqcast serve` declares (`streamer.metrics.Metrics.create` and the
+    rollout controller's `RolloutMetrics.create`), with their label names."""
+    from streamer.rollout_controller import RolloutMetrics
+
     registry = CollectorRegistry()
-    metrics = Metrics.create(registry)
+    metrics = [*Metrics.create(registry), *RolloutMetrics.create(registry)]
     labels = {m._name: tuple(m._labelnames) for m in metrics}
     return {name: Family(name, fam.type, labels.get(name, ()))
             for name, fam in families_from_scrape(generate_latest(registry).decode()).items()}

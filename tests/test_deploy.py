@@ -534,8 +534,11 @@ def test_rollout_metrics_are_declared() -> None:
 def test_scrape_hook_compares_against_families_not_samples() -> None:
     """The hook on an exposition made like a live one: labelled families with no samples yet
     count as exposed; a family that is absent, or a suffix its type does not have, does not."""
+    from streamer.rollout_controller import RolloutMetrics
+
     registry = CollectorRegistry()
     Metrics.create(registry)
+    RolloutMetrics.create(registry)  # every `seqcast serve` exposes the controller's families too
     text = generate_latest(registry).decode()
     assert_dashboard_matches_scrape(text)
     without = lambda family: "".join(line for line in text.splitlines(keepends=True) if family not in line)

@@ -66,7 +66,7 @@ def test_a_total_that_would_overflow_is_left_alone(redis_client, key_prefix, met
     live.score([scored("u", 0, value=0.0, forecast0=0.0, scale=1e303)])
     live.score([scored("u", 1, value=1e308, scale=1e303)])  # within 1e6 stds of a huge scale, but the sum overflows
     assert float(redis_client.hget(live.totals_key(V), "primary:abs_error")) == 1.7e308
-    assert counter(metrics, "overflow") == 1
+    assert counter(metrics, "overflow") == 2  # abs_error and sq_error (1e308 squared) both left alone
 
 
 def test_a_second_writer_with_a_stale_read_cannot_count_again(redis_client, key_prefix, metrics):
@@ -157,3 +157,47 @@ def test_a_non_finite_forecast_is_stored_and_its_judgment_skipped(redis_client, 
     live.score([scored("u", 1, value=3.0)])
     assert counter(metrics, "not_finite") == 1
     assert read_totals(redis_client, key_prefix, V)["primary"]["forecast_skipped"] == 1
+
+
+def served_and_shadow(user: str, n: int, value: float, item: str, served: tuple[float, tuple[str, ...]],
+                      shadow: tuple[float, tuple[str, ...]]) -> list[Scored]:
+    """One event's two predictions as predict_batch orders them: the served one, then the shadow's
+    (same Event object)."""
+    event = Event(f"{user}-e{n}", user, 1000.0 + n, item, value)
+
+    def body(forecast0: float, recs: tuple[str, ...]) -> dict:
+        return {"forecast": [forecast0], "recommendations": [{"item_id": r, "score": 1.0} for r in recs]}
+    return [Scored(event, "primary", V, body(*served)), Scored(event, "shadow", "v2", body(*shadow))]
+
+
+def test_a_shadow_is_paired_with_the_served_arm_on_the_same_events(redis_client, key_prefix, metrics):
+    from streamer.live_totals import read_paired
+
+    live = LiveScorer(redis_client, key_prefix, 60, metrics)
+    # predictions at event 0, judged by event 1 (item i1, value 10): primary hits with error 2,
+    # the shadow misses with error 1; user b: both hit, errors 3 and 3
+    first = [*served_and_shadow("a", 0, 5.0, "i0", (12.0, ("i1",)), (11.0, ("i9",))),
+             *served_and_shadow("b", 0, 5.0, "i0", (7.0, ("i1",)), (13.0, ("i1",)))]
+    live.score(first[0::2] + first[1::2])
+    second = [*served_and_shadow("a", 1, 10.0, "i1", (0.0, ()), (0.0, ())),
+              *served_and_shadow("b", 1, 10.0, "i1", (0.0, ()), (0.0, ()))]
+    batch = second[0::2] + second[1::2]
+    live.score(batch)
+    live.score(batch)  # a replay pairs nothing twice
+    pairs = read_paired(redis_client, key_prefix, "v2")[V]
+    assert pairs == {"pairs_items": 2, "hit_diff": -1, "hit_diff_sq": 1, "base_hits": 2,
+                     "pairs_forecast": 2, "err_diff": 1.0, "err_diff_sq": 1.0, "base_abs_error": 5.0}
+    totals = read_totals(redis_client, key_prefix, V)["primary"]
+    assert totals["sq_error"] == 4.0 + 9.0 and totals["abs_error"] == 5.0
+    assert read_totals(redis_client, key_prefix, "v2")["shadow"]["sq_error"] == 1.0 + 9.0
+
+
+def test_a_shadow_mark_from_an_older_event_is_not_paired(redis_client, key_prefix, metrics):
+    from streamer.live_totals import read_paired
+
+    live = LiveScorer(redis_client, key_prefix, 60, metrics)
+    live.score(served_and_shadow("a", 0, 5.0, "i0", (12.0, ("i1",)), (11.0, ("i1",))))
+    live.score(served_and_shadow("a", 1, 5.0, "i0", (12.0, ("i1",)), (11.0, ("i1",)))[:1])  # shadow off
+    live.score(served_and_shadow("a", 2, 10.0, "i1", (0.0, ()), (0.0, ())))  # back: its mark is event 0's
+    assert read_paired(redis_client, key_prefix, "v2") == {}
+    assert read_totals(redis_client, key_prefix, "v2")["shadow"]["items_scored"] == 1  # still judged alone

@@ -11,7 +11,8 @@ be never fires: only a real Prometheus over real scrapes shows either.
    serve` in a consumer group, a Prometheus scraping it every second and evaluating a copy of
    alerts.yml whose `for:` durations alone are shortened. The scenario makes every panel have data:
    valid events in waves (rate() needs a counter to move between scrapes), malformed ones (dead
-   letters), a canary added through the registry after start-up (a model swap, a canary arm), a
+   letters), a rollout started after start-up and run by the service's own controller (a model
+   swap, a canary arm, the rollout row's phase and evidence), a
    value far out of range (a live-accuracy skip) and a Redis outage (pause, outage counter).
    Then every panel query returns at least one finite series, every alert expression evaluates, the
    rule manager reports every rule healthy, and the dead-letter alert (and the Redis pause alert,
@@ -35,6 +36,8 @@ from prometheus_server import (PrometheusServer, dashboard_variables, grafana_ex
 from stream_helpers import metric_value
 from streamer.events import Event
 from streamer.registry import Registry
+from streamer.rollout_policy import Policy
+from streamer.rollout_state import RolloutStore, new_state
 from streamer.replay import replay
 from streamer.transport import DEFAULT_CLIENT, Producer
 
@@ -159,12 +162,12 @@ def _finite(sample: dict) -> bool:
 @pytest.mark.slow
 @pytest.mark.parametrize("kafka_client", [DEFAULT_CLIENT])
 def test_every_panel_and_alert_on_a_live_prometheus(broker, topic_factory, own_redis, key_prefix, bundle_dir,
-                                                     service_factory, tmp_path) -> None:
+                                                     bundle_dir_v2, service_factory, tmp_path) -> None:
     require("prometheus")
     topics = {"input_topic": topic_factory(2, "events"), "output_topic": topic_factory(1, "predictions"),
               "dlq_topic": topic_factory(1, "dlq")}
     service = service_factory(redis_url=own_redis.url, group_id=f"prom-{uuid.uuid4().hex[:8]}",
-                              registry_poll_ms=200, **topics)
+                              registry_poll_ms=200, models_dir=str(bundle_dir_v2.parent.parent), **topics)
     service.wait_ready()
 
     rules = tmp_path / "alerts.yml"  # the real rules, `for:` shortened so alerts fire within the test
@@ -178,8 +181,15 @@ def test_every_panel_and_alert_on_a_live_prometheus(broker, topic_factory, own_r
         prom.wait_for(lambda: [t["health"] for t in prom.targets()] == ["up"], "the streamer target to be up")
         assert prom.targets()[0]["labels"]["job"] == "seqcast-streamer"
 
-        # a canary (the same bundle, half the users) added after start-up: a model swap and a canary arm
-        Registry(own_redis.client(), key_prefix).set_canary(str(bundle_dir), 50)
+        # a rollout started after start-up, run by the service's own controller: straight to a canary of
+        # half the users (a model swap, a canary arm), judged on live accuracy (the rollout row's evidence);
+        # its minimums are out of reach and its tolerance wide, so it stays in that step for the test
+        registry = Registry(own_redis.client(), key_prefix)
+        policy = Policy(shadow_min_scored=0, steps=(50.0,), step_min_scored=10**9, step_max_seconds=3600.0,
+                        max_regression=0.9, min_evidence=1)
+        candidate = f"{bundle_dir_v2.parent.name}/{bundle_dir_v2.name}"
+        rollout = new_state(candidate, bundle_dir_v2.name, registry.read().active, bundle_dir.name, policy.to_dict())
+        assert RolloutStore(own_redis.client(), key_prefix).commit("", rollout)
         _wait(lambda: metric_value(service.get("/metrics")[1], "seqcast_model_swaps_total", role="canary") == 1,
               "the canary swap")
 

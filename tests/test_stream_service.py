@@ -128,7 +128,7 @@ def test_metrics_count_events_predictions_and_dlq(topics, producer, consumer_fac
     assert metric_value(text, "seqcast_batch_size_sum") == len(valid)
     assert metric_value(text, "seqcast_model_info", name="tiny", version=version, arch="lstm", arm="primary") == 1
     assert metric_value(text, "seqcast_consumer_lag", partition="0") == 0
-    assert metric_value(text, "seqcast_inference_seconds_count") >= 1
+    assert metric_value(text, "seqcast_inference_seconds_count", arm="primary") >= 1
     assert metric_value(text, "seqcast_redis_seconds_count") >= 1
     health = json.loads(service.get("/healthz")[1])
     assert health == {"ready": True, "model": True, "redis": True, "broker": True}
