@@ -17,7 +17,8 @@ next holder. Each tick (about a second):
 2. if the registry does not match the state yet (`applied: false`), make it
    match (idempotent writes), snapshot the live totals and start the step's clock;
 3. otherwise check nobody changed the registry by hand (then abort: a
-   person took over), gather the evidence, publish it, and judge: a guard rail
+   person took over) and no live service refused the candidate's bundle (then
+   roll back: it cannot be served), gather the evidence, publish it, and judge: a guard rail
    broken or a head worse than tolerated -> rollback; every head not worse
    with the step's minimum judgments and time -> advance (or promote after
    the last step); the step's time is up -> rollback (undecided is not good
@@ -39,6 +40,7 @@ from streamer.logs import log_event
 from streamer.registry import Assignment, Registry
 from streamer.rollout_evidence import Evidence, gather, snapshot
 from streamer.rollout_policy import Policy
+from streamer.served import read_served
 from streamer.rollout_state import (ABORTED, CANARY, OUTCOMES, PHASES, PROMOTED, ROLLED_BACK, SHADOW,
                                     RolloutState, RolloutStore, owner_id)
 
@@ -200,6 +202,11 @@ class Controller:
         if not matches(state, current):
             return self.decide(raw, state, "abort", "the registry's canary/shadow was changed by hand: "
                                "a person took over this rollout", hands_off=True)
+        refused = [entry for entry in read_served(self.client, self.prefix, now)[0]
+                   if entry.refused and entry.refused.get("ref") == state.ref]
+        if refused:  # a bundle the services will not load cannot be judged, nor served: stop now
+            return self.decide(raw, state, "rollback", f"the candidate was refused by {len(refused)} live "
+                               f"instance(s): {refused[0].refused.get('error')}")
         evidence = gather(self.client, self.prefix, state, now)
         self.store.publish_evidence({"rollout": state.id, "at": now, **evidence.to_dict()})
         if self.metrics:

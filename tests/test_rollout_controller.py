@@ -287,3 +287,18 @@ def test_equal_models_are_rarely_rolled_back_through_the_controllers_own_judgeme
     rates = {phase: count / runs for phase, count in rolled_back.items()}
     # alpha is split over heads and both phases: together at most alpha per rollout (measured: 0.25% each)
     assert sum(rates.values()) <= policy.alpha, rates
+
+
+def test_a_candidate_the_services_refuse_is_rolled_back_at_once(redis_client, key_prefix, setup):
+    from streamer.served import Heartbeat
+
+    registry, store = setup
+    begin(store)
+    controller = Controller(redis_client, key_prefix)
+    controller.tick()  # the shadow is applied; a service then fails to load it and says so
+    Heartbeat(redis_client, key_prefix, 1.0, "host-1-abc").beat(
+        registry.epoch(), {"primary": {"ref": "m/base", "version": "base"}}, 0.0,
+        {"epoch": registry.epoch(), "ref": "m/cand", "error": "manifest field 'window' does not match its checksum"})
+    assert controller.tick() == "rollback"
+    assert "refused by 1 live instance(s): manifest field 'window'" in store.decisions()[0]["reason"]
+    assert registry.read().shadow is None
