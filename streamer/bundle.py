@@ -314,7 +314,9 @@ def make_session(model: Path | bytes, threads: int = 1):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    # fatal only: a failing call already raises with onnxruntime's message (counted per arm, logged once a
+    # minute); at "error" it also wrote a multi-line, non-JSON stderr message on every failed batch
+    options.log_severity_level = 4
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 

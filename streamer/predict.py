@@ -204,8 +204,7 @@ def _run_arm(models: Models, arm: str, events: Sequence[Event], windows: Sequenc
             outputs = bundle.predict(inputs)
         except Exception as err:
             if arm == SHADOW:
-                perf.failed(version, arm, len(events), err)  # no retry follows: counted here
-                raise
+                raise  # counted by predict_batch, with the shadow's other failures
             raise ArmFailed(arm, version, err) from err
         perf.observe(version, arm, time.perf_counter() - start, len(events))
     bodies = _bodies(bundle, arm, events, inputs, outputs, models.top_k, params)
@@ -241,7 +240,9 @@ def predict_batch(models: Models, events: Sequence[Event], windows: Sequence[Win
     if SHADOW in models.arms:
         try:
             out.extend(_run_arm(models, SHADOW, events, windows, perf))
-        except Exception as err:
+        except Exception as err:  # in the model call or around it (encoding, top-K): no retry follows
             if perf is None:
                 log.error("shadow model failed; its predictions are skipped: %r", err)
+            else:
+                perf.failed(models.arms[SHADOW].manifest.version, SHADOW, len(events), err)
     return out  # type: ignore[return-value]

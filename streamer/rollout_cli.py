@@ -125,7 +125,8 @@ def start(args: argparse.Namespace, settings: Settings, client) -> int:
     from streamer.rollout_state import RolloutStore, new_state
 
     policy = Policy.from_file(args.policy) if args.policy else Policy()
-    policy = policy.with_overrides({f.name: _number_or_list(getattr(args, f.name)) for f in fields(Policy)})
+    policy = policy.with_overrides({f.name: getattr(args, f.name) if f.name in LIST_FIELDS
+                                    else _number(getattr(args, f.name)) for f in fields(Policy)})
     ref = _ref(settings, args.ref, not args.no_verify)
     registry, store = Registry(client, settings.key_prefix), RolloutStore(client, settings.key_prefix)
     current = registry.read()
@@ -156,13 +157,17 @@ def start(args: argparse.Namespace, settings: Settings, client) -> int:
     return 0
 
 
-def _number_or_list(raw: str | None):
-    if raw is None or "," in raw or not raw.strip():
+LIST_FIELDS = ("steps", "heads")  # comma-separated on the command line; Policy.from_dict splits them
+
+
+def _number(raw: str | None):
+    """A flag's value as a number where it reads as one; otherwise as given, for Policy to name."""
+    if raw is None or not raw.strip():
         return raw
     try:
         return int(raw) if raw.strip().lstrip("-").isdigit() else float(raw)
     except ValueError:
-        return raw  # a head name: Policy names the problem
+        return raw  # not a number: Policy names the problem
 
 
 def status(args: argparse.Namespace, settings: Settings, client) -> int:
