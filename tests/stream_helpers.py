@@ -20,6 +20,7 @@ from streamer.events import Event
 from streamer.features import encode_sequence, scale_values
 from streamer.replay import replay
 from streamer.transport import Consumer, Producer, Record
+from streamer.window_store import Window
 
 
 def offline_predictions(bundle: Bundle, events: Iterable[Event], top_k: int) -> dict[str, dict]:
@@ -112,3 +113,30 @@ def metric_value(text: str, metric: str, /, **labels: str) -> float:
         if sample == metric and got == want:
             return float(value)
     return 0.0
+
+
+def store_batch(bundle: Bundle, rows: int = 48, seed: int = 14) -> tuple[list[Event], list[Window]]:
+    """Events and their windows as the window store hands them over: different lengths (shorter and
+    longer than L), missing values (NaN) and items (None), an item the vocabulary has never seen."""
+    rng = np.random.default_rng(seed)
+    known = bundle.vocab.item_ids[2:]  # past [PAD], [OOV]
+    events, windows = [], []
+    for row in range(rows):
+        n = int(rng.integers(1, 2 * bundle.manifest.window))
+        ts = 1_700_000_000.0 + np.cumsum(rng.exponential(60.0, n))
+        values = rng.normal(10.0, 3.0, n)
+        values[rng.random(n) < 0.1] = np.nan
+        items: list[str | None] = [str(rng.choice(known)) for _ in range(n)]
+        items[int(rng.integers(n))] = None if row % 2 else "never-seen-item"
+        events.append(Event(f"e{row}", f"user-{row % 7}", float(ts[-1]), items[-1], float(values[-1])))
+        windows.append(Window(ts, items, values))
+    return events, windows
+
+
+def wait_for(condition, timeout_s: float, what: str) -> None:
+    """Poll `condition` every 0.1 s; fail naming `what` after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)

@@ -21,12 +21,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
 from broken_bundle import VERSION_SUFFIX, broken_copy
-from stream_helpers import assert_matches, metric_value, offline_predictions, read_until, replay_in_background
+from stream_helpers import (assert_matches, metric_value, offline_predictions, read_until, replay_in_background,
+                            store_batch, wait_for)
 from streamer.arm_perf import FIELDS, ArmPerf, read_perf
 from streamer.bundle import MODEL_FILE, load_bundle
 from streamer.events import Event
@@ -36,7 +36,6 @@ from streamer.registry import Registry, on_canary
 from streamer.replay import replay
 from streamer.rollout_state import RolloutState, RolloutStore
 from streamer.transport import DEFAULT_CLIENT
-from streamer.window_store import Window
 
 ROOT = Path(__file__).resolve().parents[1]
 CALLS, ROWS, ERRORS = (FIELDS.index(f) for f in ("calls", "rows", "errors"))
@@ -47,19 +46,6 @@ def broken_dir(bundle_dir, tmp_path_factory) -> Path:
     return broken_copy(bundle_dir, tmp_path_factory.mktemp("broken") / "broken")
 
 
-def _batch(bundle, rows: int, seed: int = 14) -> tuple[list[Event], list[Window]]:
-    """Events and their as-of windows, as the window store hands them over (various lengths)."""
-    rng = np.random.default_rng(seed)
-    known = bundle.vocab.item_ids[2:]  # past [PAD], [OOV]
-    events, windows = [], []
-    for row in range(rows):
-        n = int(rng.integers(1, 2 * bundle.manifest.window))
-        ts = 1_700_000_000.0 + np.cumsum(rng.exponential(60.0, n))
-        values = rng.normal(10.0, 3.0, n)
-        items: list[str | None] = [str(rng.choice(known)) for _ in range(n)]
-        events.append(Event(f"e{row}", f"user-{row}", float(ts[-1]), items[-1], float(values[-1])))
-        windows.append(Window(ts, items, values))
-    return events, windows
 
 
 def _unversioned(body: dict) -> dict:
@@ -73,11 +59,11 @@ def test_the_broken_copy_loads_and_fails_unless_its_batch_is_8(bundle_dir, broke
     assert broken.manifest.version == original.manifest.version + VERSION_SUFFIX
     assert broken.manifest.files[MODEL_FILE] != original.manifest.files[MODEL_FILE]
     assert not list(broken_dir.parent.glob(".*")), "a staging directory was left behind"
-    events, windows = _batch(original, 8)
+    events, windows = store_batch(original, 8)
     want, got = (predict_batch(Models.single(b), events, windows) for b in (original, broken))
     assert [_unversioned(s.body) for s in got] == [_unversioned(s.body) for s in want]
     for rows in (1, 5, 7, 9, 16):
-        events, windows = _batch(original, rows)
+        events, windows = store_batch(original, rows)
         predict_batch(Models.single(original), events, windows)  # the original answers every size
         with pytest.raises(Exception, match="Reshape"):
             predict_batch(Models.single(broken), events, windows)
@@ -90,7 +76,7 @@ def test_the_broken_copy_loads_and_fails_unless_its_batch_is_8(bundle_dir, broke
 def test_a_failing_shadow_costs_only_its_own_predictions(bundle_dir, broken_dir, redis_client, key_prefix):
     good, broken = load_bundle(bundle_dir), load_bundle(broken_dir)
     version = broken.manifest.version
-    events, windows = _batch(good, 5)
+    events, windows = store_batch(good, 5)
     alone = predict_batch(Models.single(good), events, windows)
     metrics = Metrics.create(CollectorRegistry())
     perf = ArmPerf(metrics)
@@ -109,7 +95,7 @@ def test_a_failing_shadow_costs_only_its_own_predictions(bundle_dir, broken_dir,
     assert (primary[CALLS], primary[ROWS], primary[ERRORS]) == (1, 5, 0)
     assert sum(primary[len(FIELDS):]) == 1  # one call in the latency buckets
     # the failure is the bundle's bug at this batch size, not the shadow arm's wiring: at 8 it predicts
-    events8, windows8 = _batch(good, 8)
+    events8, windows8 = store_batch(good, 8)
     both = predict_batch(Models({PRIMARY: good, SHADOW: broken}), events8, windows8, perf=perf)
     assert [s.arm for s in both] == [PRIMARY] * 8 + [SHADOW] * 8
     assert metrics.arm_errors.labels(SHADOW)._value.get() == 5
@@ -117,7 +103,7 @@ def test_a_failing_shadow_costs_only_its_own_predictions(bundle_dir, broken_dir,
 
 def test_a_failing_shadow_without_an_observer_is_logged(bundle_dir, broken_dir, caplog):
     good, broken = load_bundle(bundle_dir), load_bundle(broken_dir)
-    events, windows = _batch(good, 5)
+    events, windows = store_batch(good, 5)
     with caplog.at_level(logging.ERROR, logger="streamer.predict"):
         served = predict_batch(Models({PRIMARY: good, SHADOW: broken}), events, windows)
     assert [s.arm for s in served] == [PRIMARY] * 5
@@ -127,7 +113,7 @@ def test_a_failing_shadow_without_an_observer_is_logged(bundle_dir, broken_dir, 
 def test_a_failing_canary_raises_arm_failed_naming_it(bundle_dir, broken_dir):
     good, broken = load_bundle(bundle_dir), load_bundle(broken_dir)
     version = broken.manifest.version
-    events, windows = _batch(good, 5)
+    events, windows = store_batch(good, 5)
     models = Models({PRIMARY: good, CANARY: broken}, canary_percent=100.0)
     assert {models.route(e) for e in events} == {CANARY}
     metrics = Metrics.create(CollectorRegistry())
@@ -167,12 +153,6 @@ def _events(bundle, users: int, per_user: int, prefix: str) -> list[Event]:
                   float((u * 7 + n) % 11)) for n in range(per_user) for u in range(users)]
 
 
-def wait_for(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.mark.slow

@@ -18,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import pytest
 
 from conftest import REDIS_URL, rollout_log
 from slow_bundle import slow_copy
-from stream_helpers import read_until, replay_in_background
+from stream_helpers import read_until, replay_in_background, wait_for
 from streamer.events import Event
 from streamer.registry import Registry
 from streamer.rollout_state import RolloutStore
@@ -70,12 +69,6 @@ def rollout_cli(key_prefix: str, models_dir: Path, *args: str) -> subprocess.Com
                           timeout=60)
 
 
-def wait_for(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def serve(service_factory, topics, models_dir: Path, primary: Path, **settings):

@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 
 from streamer.bundle import MANIFEST, MODEL_FILE, BundleError, load_bundle
-from streamer.events import Event
 from streamer.predict import Models, encode, predict_batch
-from streamer.window_store import Window
 from slow_bundle import VERSION_SUFFIX, slow_copy
+from stream_helpers import store_batch
 
 MIN_RATIO = 5.0
 CALLS = 7  # per bundle, interleaved, median taken
@@ -29,22 +28,6 @@ def slow_dir(bundle_dir, tmp_path_factory) -> Path:
     return slow_copy(bundle_dir, tmp_path_factory.mktemp("slow") / "slow", matmul_size=1024, repeats=2)
 
 
-def _batch(bundle, rows: int = 48) -> tuple[list[Event], list[Window]]:
-    """Events and their windows as the window store hands them over: different lengths (shorter and
-    longer than L), missing values (NaN) and items (None), an item the vocabulary has never seen."""
-    rng = np.random.default_rng(14)
-    known = bundle.vocab.item_ids[2:]  # past [PAD], [OOV]
-    events, windows = [], []
-    for row in range(rows):
-        n = int(rng.integers(1, 2 * bundle.manifest.window))
-        ts = 1_700_000_000.0 + np.cumsum(rng.exponential(60.0, n))
-        values = rng.normal(10.0, 3.0, n)
-        values[rng.random(n) < 0.1] = np.nan
-        items: list[str | None] = [str(rng.choice(known)) for _ in range(n)]
-        items[int(rng.integers(n))] = None if row % 2 else "never-seen-item"
-        events.append(Event(f"e{row}", f"user-{row % 7}", float(ts[-1]), items[-1], float(values[-1])))
-        windows.append(Window(ts, items, values))
-    return events, windows
 
 
 def test_slow_copy_is_a_new_sealed_version(bundle_dir, slow_dir):
@@ -78,7 +61,7 @@ def test_an_edited_slow_manifest_is_refused(slow_dir, tmp_path):
 
 def test_slow_copy_predicts_exactly_what_the_original_predicts(bundle_dir, slow_dir):
     original, slow = load_bundle(bundle_dir), load_bundle(slow_dir)
-    events, windows = _batch(original)
+    events, windows = store_batch(original)
     inputs = encode(original, events, windows)
     np.testing.assert_array_equal(encode(slow, events, windows)["values"], inputs["values"])
     want, got = original.predict(inputs), slow.predict(inputs)
@@ -100,7 +83,7 @@ def _unversioned(body: dict) -> dict:
 
 def test_one_model_call_is_at_least_5x_slower(bundle_dir, slow_dir, record_property):
     original, slow = load_bundle(bundle_dir), load_bundle(slow_dir)
-    events, windows = _batch(original)
+    events, windows = store_batch(original)
     inputs = encode(original, events, windows)
     timings: dict[str, list[float]] = {"original": [], "slow": []}
     for _ in range(CALLS + 1):  # interleaved, so CPU contention hits both alike; the first is warm-up
