@@ -234,5 +234,17 @@ def list_models(client, settings: Settings, registry) -> str:
                      f"{_headline(manifest.get('metrics', {}))} | {_live(client, settings.key_prefix, version)} |")
     history = registry.history()
     lines.append(f"\nhistory (newest first): {', '.join(history) if history else '-'}")
+    lines.append(_rollout_line(client, settings.key_prefix))
     lines += _instances(live, stale, registry.epoch())
     return "\n".join(lines)
+
+
+def _rollout_line(client, prefix: str) -> str:
+    """The automated rollout in one line: what it does now, or how the last one ended and why."""
+    from streamer.rollout_state import RolloutStore
+
+    _, state = RolloutStore(client, prefix).load()
+    if state is None:
+        return "rollout: none (seqcast rollout start REF)"
+    return (f"rollout {state.id}: {state.ref} against {state.baseline_ref}: {state.describe()} "
+            f"({state.reason}); details: seqcast rollout status")

@@ -238,6 +238,10 @@ def test_cli_start_status_abort_history(redis_client, key_prefix, bundle_dir, bu
     (decision,) = [json.loads(line) for line in history.stdout.splitlines()]
     assert decision["outcome"] == "abort"
     assert cli(key_prefix, "abort").returncode == 2
+    listed = subprocess.run([sys.executable, "-m", "seqcast_cli", "models", "--key-prefix", key_prefix, "--models-dir",
+                             str(models), "list"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert f"rollout {decision['rollout']}: {cand_ref} against {base_ref}: aborted (aborted by an operator" \
+        in listed.stdout, listed.stdout
 
 
 @pytest.mark.parametrize("values, named", [
