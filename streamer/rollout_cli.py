@@ -65,7 +65,7 @@ def add_command(subparsers) -> None:
     status.add_argument("--json", action="store_true", help="the state and evidence as JSON")
     actions.add_parser("abort", help="roll the current rollout back now")
     history = actions.add_parser("history", help="past decisions with their evidence, newest first")
-    history.add_argument("--count", type=int, default=20)
+    history.add_argument("--count", type=int, default=20, help="how many, newest first (default 20)")
     history.add_argument("--json", action="store_true", help="one JSON object per line")
     controller = actions.add_parser("controller", help="run a controller (its own process; competes for the lease)",
                                     description="Run the rollout controller until SIGTERM/SIGINT. Any number may run "
@@ -231,6 +231,12 @@ def abort(settings: Settings, client) -> int:
     store, registry = RolloutStore(client, settings.key_prefix), Registry(client, settings.key_prefix)
     for _ in range(10):  # a controller may move the state between our read and our write: read again
         raw, state = store.load()
+        if state is not None and state.terminal and not state.applied and not state.hands_off:
+            apply(registry, state)  # ended but not yet applied (a killed abort, no controller): finish it
+            store.commit(raw, state.moved(applied=True, applied_at=time.time()))
+            print(f"rollout {state.id} was already {state.phase}; the registry now matches: "
+                  f"active {registry.read().active}")
+            return 0
         if state is None or state.terminal:
             raise LookupError("no rollout in progress" + (f" (the last one {state.phase})" if state else ""))
         new = next_state(state, "abort", "aborted by an operator (seqcast rollout abort)")
@@ -239,7 +245,7 @@ def abort(settings: Settings, client) -> int:
                     "at": time.time(), "by": "seqcast rollout abort", "evidence": store.evidence()}
         if store.commit(raw, new, decision=decision):
             apply(registry, new)
-            store.commit(new.to_json(), new.moved(applied=True))
+            store.commit(new.to_json(), new.moved(applied=True, applied_at=time.time()))
             print(f"rollout {state.id} aborted in {state.describe()}: {state.ref} no longer serves; "
                   f"active: {registry.read().active}")
             return 0
@@ -249,6 +255,8 @@ def abort(settings: Settings, client) -> int:
 def history(args: argparse.Namespace, settings: Settings, client) -> int:
     from streamer.rollout_state import RolloutStore
 
+    if args.count < 1:
+        raise ValueError(f"--count must be at least 1, got {args.count}")
     decisions = RolloutStore(client, settings.key_prefix).decisions(args.count)
     for d in decisions:
         if args.json:

@@ -46,6 +46,7 @@ from streamer.rollout_state import (ABORTED, CANARY, OUTCOMES, PHASES, PROMOTED,
 
 log = logging.getLogger("streamer.rollout_controller")
 LEASE_MS = 10_000
+SETTLE_S = 60.0  # how long after its end a rollout still undoes late writes of its earlier steps
 
 
 class RolloutMetrics(NamedTuple):
@@ -84,6 +85,9 @@ class RolloutMetrics(NamedTuple):
         for phase in PHASES:
             self.phase.labels(phase).set(1 if phase == current else 0)
         self.weight.set(0.0 if state is None else state.weight)
+        if state is None or state.terminal:  # no evidence is current: no stale bounds on the dashboard
+            self.delta.clear()
+            self.scored.clear()
         for head, h in (evidence.heads if evidence else {}).items():
             for bound, value in (("estimate", h.estimate), ("lower", h.lower), ("upper", h.upper),
                                  ("tolerance", -h.tolerance)):
@@ -102,10 +106,6 @@ def judge(policy: Policy, state: RolloutState, evidence: Evidence) -> tuple[str,
                                 f"{h.baseline:.4g}; delta upper bound {h.upper:.4g} < -{h.tolerance:.4g} "
                                 f"after {h.n:g} judgments")
     shadow = state.phase == SHADOW
-    max_s = policy.shadow_max_seconds if shadow else policy.step_max_seconds
-    if evidence.elapsed_s >= max_s:
-        return "rollback", (f"undecided after {evidence.elapsed_s:.0f} s in {state.describe()} "
-                            f"(max {max_s:g} s): not shown to be within tolerance")
     min_scored = policy.shadow_min_scored if shadow else policy.step_min_scored
     min_s = 0.0 if shadow else policy.step_min_seconds
     heads = evidence.heads.values()
@@ -114,6 +114,10 @@ def judge(policy: Policy, state: RolloutState, evidence: Evidence) -> tuple[str,
         last = state.phase == CANARY and state.step == len(policy.steps) - 1
         shown = ", ".join(f"{h.head} delta lower bound {h.lower:.4g} > -{h.tolerance:.4g}" for h in heads)
         return ("promote" if last else "advance"), f"not worse than tolerated ({shown})"
+    max_s = policy.shadow_max_seconds if shadow else policy.step_max_seconds
+    if evidence.elapsed_s >= max_s:
+        return "rollback", (f"undecided after {evidence.elapsed_s:.0f} s in {state.describe()} "
+                            f"(max {max_s:g} s): not shown to be within tolerance")
     return None
 
 
@@ -189,11 +193,12 @@ class Controller:
         if not state.applied:
             self._complete(raw, state)
             return None
+        now = self.clock()
         if state.terminal:
+            self._settle(state, now)
             if self.metrics:
                 self.metrics.show(state, None)
             return None
-        now = self.clock()
         current = self.registry.read()
         if current.active != state.baseline_ref:
             return self.decide(raw, state, "abort", f"the active model was changed by hand to {current.active}; "
@@ -222,7 +227,7 @@ class Controller:
         `hands_off` (a person changed the registry: the controller stops and leaves it as they set it)."""
         new = next_state(state, outcome, reason)
         if hands_off:
-            new = new.moved(applied=True)
+            new = new.moved(applied=True, hands_off=True, applied_at=self.clock())
         now = self.clock()
         decision = {"rollout": state.id, "ref": state.ref, "version": state.version, "baseline": state.baseline_ref,
                     "outcome": outcome, "from": state.describe(), "to": new.describe(), "reason": reason,
@@ -237,11 +242,23 @@ class Controller:
             self._complete(new.to_json(), new)
         return outcome
 
+    def _settle(self, state: RolloutState, now: float) -> None:
+        """For SETTLE_S after a rollout ended, undo a late registry write of an older step (a controller
+        that stalled past its lease, or one racing an operator's abort, may land one just after the
+        end); after that the registry is the operators' again. Never for a hands-off end."""
+        if state.hands_off or not state.applied or now - state.applied_at > SETTLE_S:
+            return
+        if not matches(state, self.registry.read()) and apply(self.registry, state):
+            log_event(log, "rollout end re-applied: a late write of an earlier step was undone", logging.WARNING,
+                      rollout=state.id, ref=state.ref, phase=state.describe())
+
     def _complete(self, raw: str, state: RolloutState) -> None:
         """Registry to match `state`, then `applied: true` with the step's snapshots and clock."""
+        if self.store.load()[0] != raw:
+            return  # moved on since it was read (an operator's abort, another controller): not ours to apply
         apply(self.registry, state)
         now = self.clock()
-        changes: dict = {"applied": True}
+        changes: dict = {"applied": True, "applied_at": now}
         if state.phase in (SHADOW, CANARY):
             phase_snapshot, step_snapshot = snapshot(self.client, self.prefix, state)
             new_phase = state.phase_started_at == 0.0 or state.phase == SHADOW or state.step == 0

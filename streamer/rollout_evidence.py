@@ -93,22 +93,44 @@ def gather(client, prefix: str, state: RolloutState, now: float) -> Evidence:
     arm = candidate_arm(state)
     evidence = Evidence(state.phase, elapsed_s=max(0.0, now - state.step_started_at))
     cand_now = read_totals(client, prefix, state.version).get(arm, {})
+    base_now = read_totals(client, prefix, state.baseline_version).get("primary", {})
     step = _since(cand_now, state.step_snapshot.get("candidate"), TALLY_FIELDS)
     evidence.step_scored = max(step["items_scored"], step["forecast_scored"])
+    # the candidate arm's and the primary's own totals over the phase (the shadow phase has one step)
+    cand = _since(cand_now, state.phase_snapshot.get("candidate") or state.step_snapshot.get("candidate"),
+                  TALLY_FIELDS)
+    base = _since(base_now, state.phase_snapshot.get("prior"), TALLY_FIELDS)
     if state.phase == SHADOW:
         pairs = _since(read_paired(client, prefix, state.version).get(state.baseline_version, {}),
                        state.phase_snapshot.get("paired"), PAIR_FIELDS)
         heads = _paired_heads(pairs, policy)
         evidence.step_scored = max(pairs["pairs_items"], pairs["pairs_forecast"])
     else:
-        cand = _since(cand_now, state.phase_snapshot.get("candidate"), TALLY_FIELDS)
-        base = _since(read_totals(client, prefix, state.baseline_version).get("primary", {}),
-                      state.phase_snapshot.get("baseline"), TALLY_FIELDS)
         heads = _unpaired_heads(cand, base, policy)
     planned = policy.shadow_min_scored if state.phase == SHADOW else policy.step_min_scored
     evidence.heads = _judge_heads(heads, policy, state.phase_snapshot.get("prior") or {}, planned)
     evidence.guard, evidence.breach = guard_rails(client, prefix, state, arm, policy)
+    skipped = unjudged_forecasts(cand, base, policy)
+    if evidence.breach is None and skipped:
+        evidence.breach = skipped
     return evidence
+
+
+def unjudged_forecasts(cand: dict[str, float], base: dict[str, float], policy: Policy) -> str | None:
+    """A forecast that is not finite, or absurd (beyond MAX_SCALED stds), is kept out of the MAE
+    (`streamer.live_accuracy`), so a candidate forecasting nonsense would never be judged worse on MAE:
+    its share of such forecasts must stay within max_error_rate of the primary's."""
+    if "forecast" not in policy.heads:
+        return None
+    def share(t: dict[str, float]) -> tuple[float, float]:
+        asked = t["forecast_scored"] + t["forecast_skipped"]
+        return (t["forecast_skipped"] / asked if asked else 0.0), asked
+    cand_share, asked = share(cand)
+    base_share, _ = share(base)
+    if cand["forecast_skipped"] >= 3 and cand_share > base_share + policy.max_error_rate:
+        return (f"forecasts left unjudged (not finite or absurd) {cand_share:.2%} of {asked:g} against the "
+                f"primary's {base_share:.2%}: more than max_error_rate {policy.max_error_rate:.2%} above it")
+    return None
 
 
 # a head's raw evidence before the interval: (diff-or-candidate Moments, baseline Moments or None,
@@ -135,7 +157,8 @@ def _unpaired_heads(cand: dict[str, float], base: dict[str, float], policy: Poli
         c = Moments(cand["items_scored"], cand["hits"], cand["hits"])  # a hit is 0 or 1: x^2 = x
         b = Moments(base["items_scored"], base["hits"], base["hits"])
         heads["items"] = (c, b, b.total / b.n, c.total / c.n)
-    if "forecast" in policy.heads and cand["forecast_scored"] > 0 and base["forecast_scored"] > 0:
+    if "forecast" in policy.heads and cand["forecast_scored"] > 0 and base["forecast_scored"] > 0 \
+            and _squares_cover(cand) and _squares_cover(base):
         c = Moments(cand["forecast_scored"], -cand["abs_error"], cand["sq_error"])  # x = -|error|
         b = Moments(base["forecast_scored"], -base["abs_error"], base["sq_error"])
         heads["forecast"] = (c, b, -b.total / b.n, -c.total / c.n)
@@ -161,13 +184,20 @@ def prior_variance(head: str, prior: dict[str, float], base_level: float) -> flo
     return 2 * max(base_level * base_level, 1e-12)
 
 
+def _squares_cover(t: dict[str, float]) -> bool:
+    """Whether the squared errors can be those of the absolute errors (sum e^2 >= (sum e)^2 / n). Members
+    older than the squares (a rolling upgrade) add errors without squares: their variance would read as
+    zero, an interval confident from nothing, so the forecast head waits until the upgrade is done."""
+    return t["sq_error"] * t["forecast_scored"] >= t["abs_error"] ** 2 * (1 - 1e-9)
+
+
 def _judge_heads(heads: dict[str, _Raw], policy: Policy, prior: dict[str, float], planned: int
                  ) -> dict[str, HeadEvidence]:
     out = {}
     # a false rollback may come from any head in any phase: alpha is split over both (Bonferroni), so an
     # equal model is wrongly rolled back at most alpha per rollout; going on needs every head in every
     # phase, so beta needs no split (an intersection-union test)
-    k = max(1, len(heads)) * (2 if policy.shadow else 1)
+    k = len(policy.heads) * (2 if policy.shadow else 1)  # fixed before the data: not the heads seen so far
     for head, (sample, baseline, base_level, cand_level) in heads.items():
         tolerance = policy.max_regression * abs(base_level)
         # tau: the mixture is tightest where a decision is planned (the phase's minimum judgments)

@@ -105,6 +105,8 @@ class Policy:
             kind = type(getattr(cls(), name))
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise PolicyError(f"rollout policy: {name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise PolicyError(f"rollout policy: {name} must be a finite number, got {value!r}")
             if kind is int and float(value) != int(value):
                 raise PolicyError(f"rollout policy: {name} must be a whole number, got {value!r}")
             clean[name] = kind(value)

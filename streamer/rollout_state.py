@@ -50,6 +50,10 @@ return 0
 """
 
 
+class RolloutStateError(ValueError):
+    """The stored rollout state does not parse; the message says which key to look at."""
+
+
 @dataclass(frozen=True)
 class RolloutState:
     id: str
@@ -68,6 +72,8 @@ class RolloutState:
     # live totals when the phase / step was applied: evidence counts what came after
     phase_snapshot: dict = field(default_factory=dict)
     step_snapshot: dict = field(default_factory=dict)
+    applied_at: float = 0.0  # when the registry was last made to match
+    hands_off: bool = False  # ended because a person changed the registry: never touch it again
 
     @property
     def terminal(self) -> bool:
@@ -90,7 +96,11 @@ class RolloutState:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> "RolloutState":
-        return cls(**json.loads(raw))
+        try:
+            return cls(**json.loads(raw))
+        except (TypeError, ValueError) as err:  # a corrupt value, or one written by a newer version
+            raise RolloutStateError(f"the rollout state in Redis cannot be read ({err}); inspect the key "
+                                    "'<prefix>:{rollout}:state', or delete it to forget the rollout") from None
 
     def moved(self, **changes) -> "RolloutState":
         return replace(self, **changes)

@@ -306,3 +306,68 @@ def test_a_candidate_the_services_refuse_is_rolled_back_at_once(redis_client, ke
     assert controller.tick() == "rollback"
     assert "refused by 1 live instance(s): manifest field 'window'" in store.decisions()[0]["reason"]
     assert registry.read().shadow is None
+
+
+def test_a_late_write_of_an_earlier_step_is_undone_after_the_end_and_only_for_a_while(redis_client, key_prefix,
+                                                                                       setup):
+    """A controller that stalled past its lease (or raced an operator's abort) may land its canary write
+    just after the rollout ended: the lease holder undoes it; a minute later the registry is the
+    operators' again."""
+    registry, store = setup
+    begin(store)
+    clock = Clock()
+    controller = Controller(redis_client, key_prefix, clock=clock)
+    controller.tick()
+    stale_raw, stale = store.load()
+    raw, state = store.load()
+    assert store.commit(raw, state.moved(phase="rolled_back", applied=True, applied_at=clock.now), "", {"x": 1})
+    controller._complete(stale_raw, stale)  # the stale controller's late apply: the state moved, so nothing
+    registry.set_roles(("m/cand", 25.0), None)  # a late write that got through anyway
+    controller.tick()
+    assert registry.read().canary is None and registry.read().shadow is None
+    clock.now += 61.0
+    registry.set_canary("m/cand", 30.0)  # an operator's own canary, after the settle window: left alone
+    controller.tick()
+    assert registry.read().canary == "m/cand"
+
+
+def test_a_step_whose_evidence_is_good_at_its_time_limit_goes_on():
+    from streamer.rollout_controller import judge
+    from streamer.rollout_evidence import Evidence, HeadEvidence
+
+    policy = Policy(step_min_seconds=60, step_max_seconds=60, step_min_scored=10)
+    state = new_state("m/b", "b", "m/a", "a", policy.to_dict()).moved(phase="canary", step=0)
+    good = HeadEvidence("items", 500, 0.05, 0.01, 0.09, 0.006, 0.3, 0.35, "not_worse")
+    assert judge(policy, state, Evidence("canary", {"items": good}, step_scored=500, elapsed_s=60))[0] == "advance"
+    undecided = HeadEvidence("items", 500, 0.0, -0.05, 0.05, 0.006, 0.3, 0.3, "undecided")
+    assert judge(policy, state, Evidence("canary", {"items": undecided}, step_scored=500, elapsed_s=60))[0] \
+        == "rollback"
+
+
+@pytest.mark.parametrize("values", [{"min_evidence": float("inf")}, {"max_latency_ratio": float("nan")},
+                                    {"shadow_min_scored": float("nan")}])
+def test_a_non_finite_policy_number_is_refused_by_name(values):
+    (name,) = values
+    with pytest.raises(PolicyError, match=f"{name} must be a finite number"):
+        Policy.from_dict(values)
+
+
+def test_a_candidate_whose_forecasts_cannot_be_judged_is_stopped():
+    from streamer.rollout_evidence import unjudged_forecasts
+
+    policy = Policy()
+    base = {"forecast_scored": 1000.0, "forecast_skipped": 1.0}
+    assert unjudged_forecasts({"forecast_scored": 990.0, "forecast_skipped": 5.0}, base, policy) is None
+    reason = unjudged_forecasts({"forecast_scored": 10.0, "forecast_skipped": 400.0}, base, policy)
+    assert reason and reason.startswith("forecasts left unjudged"), reason
+
+
+def test_a_corrupt_rollout_state_is_named(redis_client, key_prefix, setup):
+    from streamer.rollout_state import RolloutStateError
+
+    _, store = setup
+    redis_client.set(store.key("state"), '{"id": "x", "surprise": 1}')
+    with pytest.raises(RolloutStateError, match="cannot be read"):
+        store.load()
+    status = cli(key_prefix, "status")
+    assert status.returncode == 2 and "rollout state in Redis cannot be read" in status.stderr
