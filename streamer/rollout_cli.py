@@ -122,7 +122,7 @@ def _version(settings: Settings, ref: str) -> str:
 def start(args: argparse.Namespace, settings: Settings, client) -> int:
     from streamer.models_cli import _ref
     from streamer.registry import Registry
-    from streamer.rollout_state import RolloutStore, new_state
+    from streamer.rollout_state import RolloutStore, new_state, redis_now
 
     policy = Policy.from_file(args.policy) if args.policy else Policy()
     policy = policy.with_overrides({f.name: getattr(args, f.name) if f.name in LIST_FIELDS
@@ -143,7 +143,7 @@ def start(args: argparse.Namespace, settings: Settings, client) -> int:
         raise ValueError(f"rollout {running.id} of {running.ref} is in progress ({running.describe()}): "
                          "wait for it or `seqcast rollout abort`")
     state = new_state(ref, _version(settings, ref), current.active, _version(settings, current.active),
-                      policy.to_dict())
+                      policy.to_dict(), now=redis_now(client))
     if not store.commit(raw, state):
         raise ValueError("another rollout was started at the same moment; see `seqcast rollout status`")
     steps = " -> ".join(f"{s:g}%" for s in policy.steps)
@@ -171,7 +171,7 @@ def _number(raw: str | None):
 
 
 def status(args: argparse.Namespace, settings: Settings, client) -> int:
-    from streamer.rollout_state import RolloutStore
+    from streamer.rollout_state import RolloutStore, redis_now
 
     store = RolloutStore(client, settings.key_prefix)
     _, state = store.load()
@@ -181,11 +181,15 @@ def status(args: argparse.Namespace, settings: Settings, client) -> int:
                           "evidence": evidence, "controller": store.lease_holder(),
                           "decisions": store.decisions(5)}, indent=2))
         return 0
-    print(render_status(state, evidence, store.lease_holder(), store.decisions(3)))
+    print(render_status(state, evidence, store.lease_holder(), store.decisions(3), redis_now(client)))
     return 0
 
 
-def render_status(state, evidence: dict | None, holder: str | None, decisions: list[dict]) -> str:
+def render_status(state, evidence: dict | None, holder: str | None, decisions: list[dict],
+                  now: float | None = None) -> str:
+    """The status as text; `now` on the clock the rollout's times were written with (Redis's)."""
+    now = time.time() if now is None else now
+    _ago = lambda at: f"{max(0.0, now - at):.0f} s ago"  # noqa: E731
     if state is None:
         return "no rollout yet (seqcast rollout start REF)"
     policy = Policy.from_dict(state.policy)
@@ -219,21 +223,17 @@ def render_status(state, evidence: dict | None, holder: str | None, decisions: l
     return "\n".join(lines)
 
 
-def _ago(at: float) -> str:
-    return f"{max(0.0, time.time() - at):.0f} s ago"
-
-
 def abort(settings: Settings, client) -> int:
     from streamer.registry import Registry
     from streamer.rollout_controller import apply, next_state
-    from streamer.rollout_state import RolloutStore
+    from streamer.rollout_state import RolloutStore, redis_now
 
     store, registry = RolloutStore(client, settings.key_prefix), Registry(client, settings.key_prefix)
     for _ in range(10):  # a controller may move the state between our read and our write: read again
         raw, state = store.load()
         if state is not None and state.terminal and not state.applied and not state.hands_off:
             apply(registry, state)  # ended but not yet applied (a killed abort, no controller): finish it
-            store.commit(raw, state.moved(applied=True, applied_at=time.time()))
+            store.commit(raw, state.moved(applied=True, applied_at=redis_now(client)))
             print(f"rollout {state.id} was already {state.phase}; the registry now matches: "
                   f"active {registry.read().active}")
             return 0
@@ -242,10 +242,10 @@ def abort(settings: Settings, client) -> int:
         new = next_state(state, "abort", "aborted by an operator (seqcast rollout abort)")
         decision = {"rollout": state.id, "ref": state.ref, "version": state.version, "baseline": state.baseline_ref,
                     "outcome": "abort", "from": state.describe(), "to": new.describe(), "reason": new.reason,
-                    "at": time.time(), "by": "seqcast rollout abort", "evidence": store.evidence()}
+                    "at": redis_now(client), "by": "seqcast rollout abort", "evidence": store.evidence()}
         if store.commit(raw, new, decision=decision):
             apply(registry, new)
-            store.commit(new.to_json(), new.moved(applied=True, applied_at=time.time()))
+            store.commit(new.to_json(), new.moved(applied=True, applied_at=redis_now(client)))
             print(f"rollout {state.id} aborted in {state.describe()}: {state.ref} no longer serves; "
                   f"active: {registry.read().active}")
             return 0

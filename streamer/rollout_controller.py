@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Callable, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -42,7 +41,7 @@ from streamer.rollout_evidence import Evidence, gather, snapshot
 from streamer.rollout_policy import Policy
 from streamer.served import read_served
 from streamer.rollout_state import (ABORTED, CANARY, OUTCOMES, PHASES, PROMOTED, ROLLED_BACK, SHADOW,
-                                    RolloutState, RolloutStore, owner_id)
+                                    RolloutState, RolloutStore, owner_id, redis_now)
 
 log = logging.getLogger("streamer.rollout_controller")
 LEASE_MS = 10_000
@@ -166,14 +165,15 @@ class Controller:
     """One controller: `tick()` does one round; `start()` runs it on a thread until `stop()`."""
 
     def __init__(self, client, prefix: str, metrics: RolloutMetrics | None = None, owner: str | None = None,
-                 interval_s: float = 1.0, lease_ms: int = LEASE_MS, clock: Callable[[], float] = time.time,
+                 interval_s: float = 1.0, lease_ms: int = LEASE_MS, clock: Callable[[], float] | None = None,
                  stop: threading.Event | None = None) -> None:
         self.store = RolloutStore(client, prefix)
         self.registry = Registry(client, prefix)
         self.client, self.prefix = client, prefix
         self.metrics = metrics
         self.owner = owner or owner_id()
-        self.interval_s, self.lease_ms, self.clock = interval_s, lease_ms, clock
+        self.interval_s, self.lease_ms = interval_s, lease_ms
+        self.clock = clock or (lambda: redis_now(client))  # one clock for every controller: Redis's
         self._stop = stop or threading.Event()  # set by stop() or, for the own process, by SIGTERM
         self._thread: threading.Thread | None = None
         self._failures = 0

@@ -106,6 +106,13 @@ class RolloutState:
         return replace(self, **changes)
 
 
+def redis_now(client) -> float:
+    """The Redis server's clock: every controller and CLI that times a rollout step reads the same one,
+    whatever their hosts' clocks say (a step's start and its length are measured on one clock)."""
+    seconds, micros = client.time()
+    return seconds + micros / 1e6
+
+
 def owner_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
@@ -166,8 +173,9 @@ class RolloutStore:
                          "return 0", 1, self.key("lock"), owner)
 
 
-def new_state(ref: str, version: str, baseline_ref: str, baseline_version: str, policy: dict) -> RolloutState:
-    now = time.time()
+def new_state(ref: str, version: str, baseline_ref: str, baseline_version: str, policy: dict,
+              now: float | None = None) -> RolloutState:
+    now = time.time() if now is None else now
     shadow = policy["shadow_min_scored"] > 0
     return RolloutState(id=secrets.token_hex(6), ref=ref, version=version, baseline_ref=baseline_ref,
                         baseline_version=baseline_version, policy=policy, phase=SHADOW if shadow else CANARY,
