@@ -61,6 +61,8 @@ def add_command(subparsers) -> None:
     for f in fields(Policy):
         start.add_argument("--" + f.name.replace("_", "-"), dest=f.name, metavar="X", help=POLICY_HELP.get(f.name))
     start.add_argument("--no-verify", action="store_true", help="skip the local checksum, signature and warm-up check")
+    start.add_argument("--wait", action="store_true", help="follow the rollout to its end, a line per decision; "
+                       "exit 0 if promoted, 1 if rolled back or aborted (for deploy pipelines)")
     status = actions.add_parser("status", help="phase, weight, evidence so far and the decision boundary")
     status.add_argument("--json", action="store_true", help="the state and evidence as JSON")
     actions.add_parser("abort", help="roll the current rollout back now")
@@ -153,8 +155,31 @@ def start(args: argparse.Namespace, settings: Settings, client) -> int:
     holder = store.lease_holder()
     print(f"controller: {holder}" if holder else
           "controller: none holds the lease yet; every `seqcast serve` with rollout_controller on runs one, "
-          "or start `seqcast rollout controller`")
-    return 0
+          "or start `seqcast rollout controller`", flush=True)
+    return wait_for_end(store, state.id) if args.wait else 0
+
+
+def wait_for_end(store, rollout_id: str, poll_s: float = 1.0) -> int:
+    """Follow the rollout, a line per decision, until it ends: 0 promoted, 1 rolled back or aborted
+    (a deploy pipeline can gate on it). Ctrl-C stops following, not the rollout."""
+    seen = 0
+    try:
+        while True:
+            mine = [d for d in reversed(store.decisions(50)) if d.get("rollout") == rollout_id]
+            for d in mine[seen:]:
+                print(f"{d['outcome']}: {d['from']} -> {d['to']}: {d['reason']}", flush=True)
+            seen = len(mine)
+            _, state = store.load()
+            if state is None or state.id != rollout_id:
+                print("the rollout was replaced by another one", file=sys.stderr)
+                return 1
+            if state.terminal and state.applied:
+                print(f"rollout {rollout_id}: {state.phase}", flush=True)
+                return 0 if state.phase == "promoted" else 1
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        print("stopped following; the rollout goes on (seqcast rollout status)", file=sys.stderr)
+        return 130
 
 
 LIST_FIELDS = ("steps", "heads")  # comma-separated on the command line; Policy.from_dict splits them

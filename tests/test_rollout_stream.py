@@ -98,25 +98,31 @@ def done(store: RolloutStore) -> bool:
 
 def roll_out(broker, topics, service_factory, redis_client, key_prefix, models_dir: Path, primary: Path,
              candidate: Path):
-    """Serve `primary`, start a rollout of `candidate` (the FAST policy), wait for its shadow, then stream
-    the traffic at 1,500 events/s; returns (store, registry, primary ref, candidate ref, events, sender)."""
+    """Serve `primary`, start a rollout of `candidate` (the FAST policy, `--wait`: the CLI follows it to
+    its end), wait for its shadow, then stream the traffic at 1,500 events/s; returns (store, registry,
+    primary ref, candidate ref, events, sender, the following CLI process)."""
     primary_ref, candidate_ref = install(primary, models_dir), install(candidate, models_dir)
     serve(service_factory, topics, models_dir, primary)
     store, registry = RolloutStore(redis_client, key_prefix), Registry(redis_client, key_prefix)
-    started = rollout_cli(key_prefix, models_dir, "start", candidate_ref, *FAST)
-    assert started.returncode == 0, started.stderr
-    wait_for(lambda: registry.read().shadow == candidate_ref, 10, "the shadow to be applied")
+    follower = subprocess.Popen([sys.executable, "-m", "seqcast_cli", "rollout", "--key-prefix", key_prefix,
+                                 "--models-dir", str(models_dir), "start", candidate_ref, *FAST, "--wait"],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: registry.read().shadow == candidate_ref or follower.poll() is not None, 15,
+             "the shadow to be applied")
+    assert follower.poll() is None, follower.communicate()
     events = traffic()
     sender = replay_in_background(broker, topics["input_topic"], events, rate=1500.0)
-    return store, registry, primary_ref, candidate_ref, events, sender
+    return store, registry, primary_ref, candidate_ref, events, sender, follower
 
 
 def test_a_clearly_worse_model_is_rolled_back_before_most_users_see_it(
         broker, topics, consumer_factory, service_factory, redis_client, key_prefix, models_dir,
         good_bundle_dir, bad_bundle_dir):
-    store, registry, good, bad, events, sender = roll_out(broker, topics, service_factory, redis_client, key_prefix,
-                                                          models_dir, good_bundle_dir, bad_bundle_dir)
+    store, registry, good, bad, events, sender, follower = roll_out(
+        broker, topics, service_factory, redis_client, key_prefix, models_dir, good_bundle_dir, bad_bundle_dir)
     wait_for(lambda: done(store), 60, "the rollout to end")
+    out, err = follower.communicate(timeout=30)
+    assert follower.returncode == 1 and out.strip().endswith("rolled_back") and "rollback: " in out, (out, err)
     assert outcomes(store) == ["rollback"]
     decision = store.decisions()[0]
     assert decision["from"] in ("shadow", "canary step 1/3 (5% of users)"), decision
@@ -135,9 +141,12 @@ def test_a_clearly_worse_model_is_rolled_back_before_most_users_see_it(
 def test_a_clearly_better_model_goes_through_every_step_and_becomes_active(
         broker, topics, consumer_factory, service_factory, redis_client, key_prefix, models_dir,
         good_bundle_dir, bad_bundle_dir):
-    store, registry, bad, good, events, sender = roll_out(broker, topics, service_factory, redis_client, key_prefix,
-                                                          models_dir, bad_bundle_dir, good_bundle_dir)
+    store, registry, bad, good, events, sender, follower = roll_out(
+        broker, topics, service_factory, redis_client, key_prefix, models_dir, bad_bundle_dir, good_bundle_dir)
     wait_for(lambda: done(store), 90, "the rollout to end")
+    out, err = follower.communicate(timeout=30)
+    assert follower.returncode == 0 and out.strip().endswith("promoted"), (out, err)
+    assert out.count("advance: ") == 3 and "promote: canary step 3/3" in out, out
     assert outcomes(store) == ["advance", "advance", "advance", "promote"], store.decisions()
     steps = [d["to"] for d in reversed(store.decisions())]
     assert steps == ["canary step 1/3 (5% of users)", "canary step 2/3 (25% of users)",
