@@ -61,7 +61,8 @@ import orjson
 from redis.exceptions import NoScriptError
 
 from streamer.features import MAX_SCALED
-from streamer.live_totals import TALLY_FIELDS, paired_key, totals_key
+from streamer.live_totals import (TALLY_FIELDS, bucket_key, bucket_of, paired_bucket_key, paired_key,
+                                  totals_key)
 from streamer.live_totals import read_paired, read_totals  # noqa: F401  (re-exported: the readers' old home)
 from streamer.metrics import Metrics
 from streamer.predict import SHADOW, Scored
@@ -69,14 +70,18 @@ from streamer.slots import SlotTags
 
 HEADS = ("items", "forecast")
 SKIP_REASONS = ("not_finite", "out_of_range", "overflow")
-ARM, PAIR = 1, 2  # kinds of totals: one arm's own, or a shadow paired with the served arm on the same events
+# kinds of totals: one arm's own, a shadow paired with the served arm on the same events, and both split
+# by user bucket (`streamer.live_totals.bucket_of`)
+ARM, PAIR, BUCKET, PAIR_BUCKET = 1, 2, 3, 4
+KEYS_BY_KIND = {ARM: totals_key, PAIR: paired_key, BUCKET: bucket_key, PAIR_BUCKET: paired_bucket_key}
 _WIDTH = 8  # amounts per tally (an arm's uses the first six)
 _TALLY = struct.Struct("<H" + "d" * _WIDTH)  # group number, then the amounts in TALLY_FIELDS / PAIR_FIELDS order
 
 # KEYS: every key the call touches. ARGV: ttl, n_groups, n_groups x (totals_key_index, label, kind), then per op:
 #   last_key_index, role, expected (stored bytes, "" = absent), new (bytes), tallies
 # where tallies = n x <uint16 group><8 float64 amounts> (struct, no number parsing), named by the group's
-# kind: 1 = an arm's TALLY_FIELDS (label = arm), 2 = a pair's PAIR_FIELDS (label = the served version).
+# kind: 1 = an arm's TALLY_FIELDS (label = arm), 2 = a pair's PAIR_FIELDS (label = the served version),
+# 3 = BUCKET_FIELDS (label = arm:b<k>), 4 = PAIR_BUCKET_FIELDS (label = served version:b<k>).
 # An op whose last-prediction slot no longer holds `expected` is skipped with its tallies.
 # Amounts are summed per (group, field) over the applied ops in op order; a total that would stop
 # being finite is left unchanged. Returns {skipped ops (1-based), overflowed fields}.
@@ -113,7 +118,9 @@ while pos <= #ARGV do
 end
 local names = {{'items_scored', 'hits', 'forecast_scored', 'abs_error', 'forecast_skipped', 'sq_error'},
   {'pairs_items', 'hit_diff', 'hit_diff_sq', 'base_hits', 'pairs_forecast', 'err_diff', 'err_diff_sq',
-   'base_abs_error'}}
+   'base_abs_error'},
+  {'items_scored', 'hits', 'forecast_scored', 'abs_error'},
+  {'pairs_items', 'hit_diff', 'pairs_forecast', 'err_diff'}}
 local overflowed = 0
 for _, g in ipairs(order) do
   local key, s, kind_names = group_key[g], sums[g], names[group_kind[g]]
@@ -220,10 +227,11 @@ class UserUpdate:
     for a shadow judged on the same event as the served arm (kept on the shadow's update, so the
     shadow mark's compare-and-set guards the pair against a double count too)."""
 
-    __slots__ = ("user", "role", "expected", "last", "new", "tallies", "skips")
+    __slots__ = ("user", "role", "expected", "last", "new", "tallies", "skips", "bucket")
 
     def __init__(self, user: str, role: str, expected: bytes) -> None:
         self.user, self.role = user, role
+        self.bucket = f":b{bucket_of(user)}"  # the label suffix of this user's bucket totals
         self.expected = expected  # the stored mark as read (b"" = none): the compare-and-set guard
         self.last: Mark | None = decode_mark(expected) if expected else None
         self.new: Mark | None = None
@@ -257,6 +265,9 @@ def judge(previous: Mark, scored: Scored, update: UserUpdate) -> Verdict:
         hit = event.item_id in items
         tally[0] += 1
         tally[1] += hit
+        bucket = update.tally((BUCKET, previous[2], previous[3] + update.bucket))
+        bucket[0] += 1
+        bucket[1] += hit
     if forecast0 is not None and event.value is not None:
         error = abs(event.value - forecast0)
         reason = None if math.isfinite(error) else "not_finite"
@@ -266,6 +277,9 @@ def judge(previous: Mark, scored: Scored, update: UserUpdate) -> Verdict:
             tally[2] += 1
             tally[3] += error
             tally[5] += error * error
+            bucket = update.tally((BUCKET, previous[2], previous[3] + update.bucket))
+            bucket[2] += 1
+            bucket[3] += error
         else:
             error = None
             tally[4] += 1
@@ -287,10 +301,15 @@ def pair(served: tuple[Mark, Verdict], shadow_previous: Mark, shadow_verdict: Ve
     if (hit_b is None or hit_c is None) and (err_b is None or err_c is None):
         return
     tally = update.tally((PAIR, shadow_previous[2], served_previous[2]))
+    bucket = update.tally((PAIR_BUCKET, shadow_previous[2], served_previous[2] + update.bucket))
     if hit_b is not None and hit_c is not None:
         _add_difference(tally, 0, hit_c - hit_b, hit_b)
+        bucket[0] += 1
+        bucket[1] += hit_c - hit_b
     if err_b is not None and err_c is not None:
         _add_difference(tally, 4, err_b - err_c, err_b)
+        bucket[2] += 1
+        bucket[3] += err_b - err_c
 
 
 def _add_difference(tally: list, at: int, d: float, baseline: float) -> None:
@@ -422,7 +441,7 @@ class LiveScorer:
                     if g is None:
                         g = numbers[group_key] = len(numbers) + 1
                         kind, version, label = group_key
-                        name = totals_key if kind == ARM else paired_key
+                        name = KEYS_BY_KIND[kind]
                         bases.add(name(prefix, version))
                         header += (keys.setdefault(name(prefix, version, shard), len(keys) + 1), label, kind)
                     parts.append(pack(g, *t))

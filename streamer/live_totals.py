@@ -20,9 +20,16 @@ readers here sum the shards.
 from __future__ import annotations
 
 import math
+import zlib
 from collections import defaultdict
 
 TALLY_FIELDS = ("items_scored", "hits", "forecast_scored", "abs_error", "forecast_skipped", "sq_error")
+# per user bucket (BUCKETS buckets by a hash of the user id): the same sums split by bucket, so the
+# rollout controller can estimate a variance that counts users, not events (judgments of one user
+# are correlated; every user's judgments fall into one bucket)
+BUCKET_FIELDS = ("items_scored", "hits", "forecast_scored", "abs_error")
+PAIR_BUCKET_FIELDS = ("pairs_items", "hit_diff", "pairs_forecast", "err_diff")
+BUCKETS = 64
 # d = candidate - baseline in "higher is better" units: hit_diff = hit_shadow - hit_served,
 # err_diff = err_served - err_shadow; base_* are the served arm's own sums over the same pairs
 PAIR_FIELDS = ("pairs_items", "hit_diff", "hit_diff_sq", "base_hits",
@@ -37,6 +44,22 @@ def totals_key(prefix: str, version: str, shard: str | None = None) -> str:
 def paired_key(prefix: str, version: str, shard: str | None = None) -> str:
     base = f"{prefix}:model:paired:{version}"
     return base if shard is None else f"{base}:{{{shard}}}"
+
+
+def bucket_key(prefix: str, version: str, shard: str | None = None) -> str:
+    base = f"{prefix}:model:buckets:{version}"
+    return base if shard is None else f"{base}:{{{shard}}}"
+
+
+def paired_bucket_key(prefix: str, version: str, shard: str | None = None) -> str:
+    base = f"{prefix}:model:paired_buckets:{version}"
+    return base if shard is None else f"{base}:{{{shard}}}"
+
+
+def bucket_of(user_id: str) -> int:
+    """A user's bucket: crc32 like the canary routing (`streamer.registry.on_canary`, which uses
+    crc32 % 10,000), but its higher digits, so buckets cut across the canary share."""
+    return zlib.crc32(user_id.encode("utf-8")) // 10_000 % BUCKETS
 
 
 def _sum_shards(client, base: str) -> dict[str, dict[str, float]]:
@@ -66,3 +89,16 @@ def read_paired(client, prefix: str, version: str) -> dict[str, dict[str, float]
     """served version -> PAIR_FIELDS sums for shadow `version` (missing fields are 0)."""
     return {base: {f: stats.get(f, 0.0) for f in PAIR_FIELDS}
             for base, stats in _sum_shards(client, paired_key(prefix, version)).items()}
+
+
+def read_buckets(client, prefix: str, version: str, label: str, paired: bool = False) -> dict[str, list[float]]:
+    """bucket ("b<k>") -> amounts in BUCKET_FIELDS (or PAIR_BUCKET_FIELDS) order, for one arm (or, paired,
+    one served version) of `version`."""
+    base = (paired_bucket_key if paired else bucket_key)(prefix, version)
+    names = PAIR_BUCKET_FIELDS if paired else BUCKET_FIELDS
+    out = {}
+    for bucket_label, stats in _sum_shards(client, base).items():
+        owner, _, bucket = bucket_label.rpartition(":")
+        if owner == label:
+            out[bucket] = [stats.get(f, 0.0) for f in names]
+    return out

@@ -27,10 +27,11 @@ from dataclasses import asdict, dataclass, field
 
 from streamer.arm_perf import FIELDS as PERF_FIELDS
 from streamer.arm_perf import minus, quantile, read_perf
-from streamer.live_totals import PAIR_FIELDS, TALLY_FIELDS, read_paired, read_totals
+from streamer.live_totals import PAIR_FIELDS, TALLY_FIELDS, read_buckets, read_paired, read_totals
 from streamer.rollout_policy import Policy
 from streamer.rollout_state import CANARY, SHADOW, RolloutState
-from streamer.sequential import Moments, decide, paired_interval, tau_for, unpaired_interval
+from streamer.sequential import (MIN_CLUSTERS, Moments, cluster_variance, decide, paired_estimate,
+                                 sequential_interval, tau_for, unpaired_estimate)
 
 
 @dataclass
@@ -44,6 +45,7 @@ class HeadEvidence:
     baseline: float  # the primary's HR or MAE over the same judgments
     candidate: float
     verdict: str  # worse | not_worse | undecided
+    clusters: int = 0  # user buckets behind the variance (0: none reported; the per-event variance alone)
 
 
 @dataclass
@@ -78,8 +80,11 @@ def snapshot(client, prefix: str, state: RolloutState) -> tuple[dict, dict]:
     phase: dict = {"prior": {f: base_totals.get(f, 0.0) for f in TALLY_FIELDS}}
     if state.phase == SHADOW:
         phase["paired"] = read_paired(client, prefix, state.version).get(state.baseline_version, {})
+        phase["paired_buckets"] = read_buckets(client, prefix, state.version, state.baseline_version, paired=True)
     else:
-        phase.update(candidate=step["candidate"], baseline=phase["prior"])
+        phase.update(candidate=step["candidate"], baseline=phase["prior"],
+                     buckets_candidate=read_buckets(client, prefix, state.version, "canary"),
+                     buckets_baseline=read_buckets(client, prefix, state.baseline_version, "primary"))
     return phase, step
 
 
@@ -100,20 +105,46 @@ def gather(client, prefix: str, state: RolloutState, now: float) -> Evidence:
     cand = _since(cand_now, state.phase_snapshot.get("candidate") or state.step_snapshot.get("candidate"),
                   TALLY_FIELDS)
     base = _since(base_now, state.phase_snapshot.get("prior"), TALLY_FIELDS)
+    snap = state.phase_snapshot
     if state.phase == SHADOW:
         pairs = _since(read_paired(client, prefix, state.version).get(state.baseline_version, {}),
-                       state.phase_snapshot.get("paired"), PAIR_FIELDS)
+                       snap.get("paired"), PAIR_FIELDS)
         heads = _paired_heads(pairs, policy)
         evidence.step_scored = max(pairs["pairs_items"], pairs["pairs_forecast"])
+        pair_buckets = _buckets_since(read_buckets(client, prefix, state.version, state.baseline_version, True),
+                                      snap.get("paired_buckets"))
+        clusters = {head: cluster_variance(*_columns(pair_buckets, at)) for head, at in HEAD_COLUMNS.items()}
     else:
         heads = _unpaired_heads(cand, base, policy)
+        cand_buckets = _buckets_since(read_buckets(client, prefix, state.version, "canary"),
+                                      snap.get("buckets_candidate"))
+        base_buckets = _buckets_since(read_buckets(client, prefix, state.baseline_version, "primary"),
+                                      snap.get("buckets_baseline"))
+        clusters = {}
+        for head, at in HEAD_COLUMNS.items():
+            (v_c, g_c), (v_b, g_b) = (cluster_variance(*_columns(b, at)) for b in (cand_buckets, base_buckets))
+            clusters[head] = (v_c + v_b, min(g_c, g_b))
     planned = policy.shadow_min_scored if state.phase == SHADOW else policy.step_min_scored
-    evidence.heads = _judge_heads(heads, policy, state.phase_snapshot.get("prior") or {}, planned)
+    evidence.heads = _judge_heads(heads, policy, snap.get("prior") or {}, planned, clusters)
     evidence.guard, evidence.breach = guard_rails(client, prefix, state, arm, policy)
     skipped = unjudged_forecasts(cand, base, policy)
     if evidence.breach is None and skipped:
         evidence.breach = skipped
     return evidence
+
+
+HEAD_COLUMNS = {"items": 0, "forecast": 2}  # where a head's (count, sum) sit in a bucket's amounts
+
+
+def _buckets_since(now: dict[str, list[float]], before: dict | None) -> dict[str, list[float]]:
+    before = before or {}
+    return {b: [x - y for x, y in zip(amounts, before.get(b, [0.0] * len(amounts)))] for b, amounts in now.items()}
+
+
+def _columns(buckets: dict[str, list[float]], at: int) -> tuple[list[float], list[float]]:
+    """(counts, sums) of one head across the buckets that reported any."""
+    rows = [amounts for amounts in buckets.values() if amounts[at] > 0]
+    return [r[at] for r in rows], [r[at + 1] for r in rows]
 
 
 def unjudged_forecasts(cand: dict[str, float], base: dict[str, float], policy: Policy) -> str | None:
@@ -191,8 +222,12 @@ def _squares_cover(t: dict[str, float]) -> bool:
     return t["sq_error"] * t["forecast_scored"] >= t["abs_error"] ** 2 * (1 - 1e-9)
 
 
-def _judge_heads(heads: dict[str, _Raw], policy: Policy, prior: dict[str, float], planned: int
-                 ) -> dict[str, HeadEvidence]:
+def _judge_heads(heads: dict[str, _Raw], policy: Policy, prior: dict[str, float], planned: int,
+                 clusters: dict[str, tuple[float, int]] | None = None) -> dict[str, HeadEvidence]:
+    """Each head's interval and verdict. `clusters`: head -> (cluster-robust variance of the estimate,
+    user buckets behind it); the larger of it and the per-event variance is used, and no call is made
+    on fewer than MIN_CLUSTERS buckets (a handful of users cannot vouch for a model, however many
+    events they make). Without bucket totals (members older than them), the per-event variance alone."""
     out = {}
     # a false rollback may come from any head in any phase: alpha is split over both (Bonferroni), so an
     # equal model is wrongly rolled back at most alpha per rollout; going on needs every head in every
@@ -207,12 +242,16 @@ def _judge_heads(heads: dict[str, _Raw], policy: Policy, prior: dict[str, float]
         # [0, 1]; a forecast error is on the scale of the primary's MAE
         scale = (1.0 if baseline is None else 0.5) if head == "items" else max(abs(base_level), 1e-9)
         if baseline is None:
-            interval = paired_interval(sample, policy.beta, policy.alpha / k, tau, scale=scale)
+            estimate, variance, n = paired_estimate(sample, scale)
         else:
-            interval = unpaired_interval(sample, baseline, policy.beta, policy.alpha / k, tau, scale=scale)
+            estimate, variance, n = unpaired_estimate(sample, baseline, scale)
+        v_cluster, groups = (clusters or {}).get(head, (0.0, 0))
+        interval = sequential_interval(estimate, max(float(variance), v_cluster), n, policy.beta, policy.alpha / k, tau)
         verdict = decide(interval, tolerance, policy.min_evidence)
+        if 0 < groups < MIN_CLUSTERS:
+            verdict = "undecided"
         out[head] = HeadEvidence(head, float(interval.n), _f(interval.estimate), _f(interval.lower),
-                                 _f(interval.upper), tolerance, base_level, cand_level, verdict)
+                                 _f(interval.upper), tolerance, base_level, cand_level, verdict, groups)
     return out
 
 

@@ -214,6 +214,29 @@ def one_sided_level(alpha: ArrayLike) -> np.ndarray:
     return 2.0 * alpha / (1.0 + alpha)
 
 
+MIN_CLUSTERS = 8  # user buckets with judgments before a cluster variance is trusted (`cluster_variance`)
+
+
+def cluster_variance(counts: ArrayLike, totals: ArrayLike) -> tuple[float, int]:
+    """(variance of the overall mean, clusters) from per-cluster counts and sums: the cluster-robust
+    (sandwich) variance G/(G-1) x sum_g (S_g - n_g mean)^2 / N^2 over the G non-empty clusters.
+
+    Judgments of one user are correlated (heavy users, taste), so s^2/n from per-event sums
+    understates the variance of the mean by the design effect. With every user's judgments in one
+    cluster (a user bucket), clusters are independent and this estimate counts users, not events.
+    Infinite with fewer than 2 clusters.
+    """
+    n = np.asarray(counts, dtype=float)
+    t = np.asarray(totals, dtype=float)
+    keep = n > 0
+    n, t = n[keep], t[keep]
+    g = int(keep.sum())
+    if g < 2:
+        return math.inf, g
+    mean = t.sum() / n.sum()
+    return float(g / (g - 1) * ((t - n * mean) ** 2).sum() / n.sum() ** 2), g
+
+
 def sequential_interval(estimate: ArrayLike, variance_of_estimate: ArrayLike, n: ArrayLike,
                         alpha_lower: float, alpha_upper: float, tau: ArrayLike) -> Interval:
     """The confidence sequence from an estimate and its variance.

@@ -144,12 +144,12 @@ def bundle_dir_v2(request) -> Path:
     return _cached_bundle(request, "tiny2", "transformer")
 
 
-def rollout_log(seed: int = 0):
+def rollout_log(seed: int = 0, users: int = 200, events_per_user: int = 40):
     """Synthetic traffic with a sequence worth learning: a model trained on it reaches HR@10 ~0.8 where
-    most-popular gets ~0.2 (200 users, 100 items; another seed = more of the same kind)."""
+    most-popular gets ~0.2 (100 items; another seed = more of the same kind)."""
     from training.data.synthetic import synthetic_log
 
-    return synthetic_log(users=200, items=100, events_per_user=40, seed=seed)
+    return synthetic_log(users=users, items=100, events_per_user=events_per_user, seed=seed)
 
 
 @pytest.fixture(scope="session")

@@ -190,6 +190,13 @@ def test_a_shadow_is_paired_with_the_served_arm_on_the_same_events(redis_client,
     totals = read_totals(redis_client, key_prefix, V)["primary"]
     assert totals["sq_error"] == 4.0 + 9.0 and totals["abs_error"] == 5.0
     assert read_totals(redis_client, key_prefix, "v2")["shadow"]["sq_error"] == 1.0 + 9.0
+    # the same sums by user bucket (each user's judgments in one bucket), written once despite the replay
+    from streamer.live_totals import bucket_of, read_buckets
+
+    a, b = f"b{bucket_of('a')}", f"b{bucket_of('b')}"
+    assert a != b
+    assert read_buckets(redis_client, key_prefix, V, "primary") == {a: [1, 1, 1, 2.0], b: [1, 1, 1, 3.0]}
+    assert read_buckets(redis_client, key_prefix, "v2", V, paired=True) == {a: [1, -1, 1, 1.0], b: [1, 0, 1, 0.0]}
 
 
 def test_a_shadow_mark_from_an_older_event_is_not_paired(redis_client, key_prefix, metrics):

@@ -371,3 +371,46 @@ def test_a_corrupt_rollout_state_is_named(redis_client, key_prefix, setup):
         store.load()
     status = cli(key_prefix, "status")
     assert status.returncode == 2 and "rollout state in Redis cannot be read" in status.stderr
+
+
+def test_heavy_users_do_not_fool_the_canary_test_with_user_buckets():
+    """A/A canaries where users differ a lot (hit rates ~ Beta(0.4, 1.6)) and a few make most events
+    (Pareto weights): about 50 canary users against 550. Judged per event, an identical model is
+    "worse" in a large share of runs; with the cluster-robust variance over user buckets (the
+    controller's path), within alpha."""
+    from streamer.rollout_controller import judge
+    from streamer.rollout_evidence import Evidence, _judge_heads, _unpaired_heads
+    from streamer.sequential import cluster_variance
+
+    policy = Policy(max_regression=0.0, min_evidence=100, shadow_min_scored=0, step_min_scored=10**9, heads=("items",))
+    state = new_state("m/b", "b", "m/a", "a", policy.to_dict()).moved(phase="canary", step=0)
+
+    def rate(use_buckets: bool, runs: int = 200, looks: int = 40, per_look: int = 250) -> float:
+        rng = np.random.default_rng(0)
+        wrong = 0
+        for _ in range(runs):
+            users = 600
+            p, weight = rng.beta(0.4, 1.6, users), rng.pareto(1.2, users) + 0.05
+            canary, bucket = rng.random(users) < 0.08, np.arange(users) % 64
+            who = rng.choice(users, size=looks * per_look * 6, p=weight / weight.sum())
+            hits = rng.random(len(who)) < p[who]
+            arms = [np.flatnonzero(canary[who])[:looks * per_look], np.flatnonzero(~canary[who])[:looks * per_look]]
+            for k in range(1, looks + 1):
+                cand, base = (idx[:k * per_look] for idx in arms)
+                totals = [{"items_scored": len(i), "hits": float(hits[i].sum()), "forecast_scored": 0.0,
+                           "abs_error": 0.0, "sq_error": 0.0} for i in (cand, base)]
+                clusters = None
+                if use_buckets:
+                    (v_c, g_c), (v_b, g_b) = (cluster_variance(np.bincount(bucket[who[i]], minlength=64),
+                                                               np.bincount(bucket[who[i]], hits[i], 64))
+                                              for i in (cand, base))
+                    clusters = {"items": (v_c + v_b, min(g_c, g_b))}
+                heads = _judge_heads(_unpaired_heads(*totals, policy), policy, {}, 1000, clusters)
+                if judge(policy, state, Evidence("canary", heads, step_scored=k * per_look)) is not None:
+                    wrong += 1  # can only be a rollback: the minimum judgments are out of reach
+                    break
+        return wrong / runs
+
+    per_event, per_user = rate(False), rate(True)
+    assert per_event > 4 * policy.alpha, per_event  # measured: 0.50
+    assert per_user <= policy.alpha + 0.03, per_user  # measured: 0.04 (alpha + Monte Carlo slack, 200 runs)

@@ -56,8 +56,9 @@ def install(bundle: Path, models_dir: Path) -> str:
 
 
 def traffic(seed: int = 7) -> list[Event]:
-    """The rollout log's kind of traffic (another seed), in event-time order."""
-    log = rollout_log(seed)
+    """The rollout log's kind of traffic (another seed, 800 users: the canary's 5% must be enough users
+    to vouch for a model, the test counts users), in event-time order."""
+    log = rollout_log(seed, users=800, events_per_user=20)
     events = [Event(f"r{seed}-{n}", str(u), float(ts), str(item), float(value))
               for n, (u, ts, item, value) in enumerate(zip(log.users, log.ts, log.items, log.values))]
     return sorted(events, key=lambda e: (e.ts, e.event_id))
