@@ -36,24 +36,19 @@ PAIR_FIELDS = ("pairs_items", "hit_diff", "hit_diff_sq", "base_hits",
                "pairs_forecast", "err_diff", "err_diff_sq", "base_abs_error")
 
 
-def totals_key(prefix: str, version: str, shard: str | None = None) -> str:
-    base = f"{prefix}:model:live:{version}"
-    return base if shard is None else f"{base}:{{{shard}}}"
+def _sharded_key(kind: str):
+    """`key(prefix, version, shard=None)` for one kind of totals: `{prefix}:model:<kind>:<version>`, or its
+    slot shard `...:{<shard>}` on Redis Cluster."""
+    def key(prefix: str, version: str, shard: str | None = None) -> str:
+        base = f"{prefix}:model:{kind}:{version}"
+        return base if shard is None else f"{base}:{{{shard}}}"
+    return key
 
 
-def paired_key(prefix: str, version: str, shard: str | None = None) -> str:
-    base = f"{prefix}:model:paired:{version}"
-    return base if shard is None else f"{base}:{{{shard}}}"
-
-
-def bucket_key(prefix: str, version: str, shard: str | None = None) -> str:
-    base = f"{prefix}:model:buckets:{version}"
-    return base if shard is None else f"{base}:{{{shard}}}"
-
-
-def paired_bucket_key(prefix: str, version: str, shard: str | None = None) -> str:
-    base = f"{prefix}:model:paired_buckets:{version}"
-    return base if shard is None else f"{base}:{{{shard}}}"
+totals_key = _sharded_key("live")
+paired_key = _sharded_key("paired")
+bucket_key = _sharded_key("buckets")
+paired_bucket_key = _sharded_key("paired_buckets")
 
 
 def bucket_of(user_id: str) -> int:
