@@ -304,7 +304,8 @@ class Service:
         if marks is None:
             marks, self._live_marks = self._live_marks, None
         try:
-            self._with_redis(lambda: self.live.score(scored, marks))
+            rollout = len(self.models.arms) > 1  # a canary or shadow: the rollout statistics need user buckets
+            self._with_redis(lambda: self.live.score(scored, marks, buckets=rollout))
         except BatchAbandoned:
             raise
         except Exception as err:

@@ -208,3 +208,16 @@ def test_a_shadow_mark_from_an_older_event_is_not_paired(redis_client, key_prefi
     live.score(served_and_shadow("a", 2, 10.0, "i1", (0.0, ()), (0.0, ())))  # back: its mark is event 0's
     assert read_paired(redis_client, key_prefix, "v2") == {}
     assert read_totals(redis_client, key_prefix, "v2")["shadow"]["items_scored"] == 1  # still judged alone
+
+
+def test_bucket_totals_are_kept_only_when_asked(redis_client, key_prefix, metrics):
+    """The service asks for them only while a canary or shadow serves (they cost throughput)."""
+    from streamer.live_totals import read_buckets
+
+    live = LiveScorer(redis_client, key_prefix, 60, metrics)
+    live.score([scored("u", 0)], buckets=False)
+    live.score([scored("u", 1)], buckets=False)
+    assert read_totals(redis_client, key_prefix, V)["primary"]["items_scored"] == 1
+    assert read_buckets(redis_client, key_prefix, V, "primary") == {}
+    live.score([scored("u", 2)])
+    assert sum(b[0] for b in read_buckets(redis_client, key_prefix, V, "primary").values()) == 1
