@@ -108,11 +108,17 @@ def judge(policy: Policy, state: RolloutState, evidence: Evidence) -> tuple[str,
     min_scored = policy.shadow_min_scored if shadow else policy.step_min_scored
     min_s = 0.0 if shadow else policy.step_min_seconds
     heads = evidence.heads.values()
-    if heads and all(h.verdict == "not_worse" for h in heads) and evidence.step_scored >= min_scored \
-            and evidence.elapsed_s >= min_s:
+    if evidence.step_scored >= min_scored and evidence.elapsed_s >= min_s and heads:
         last = state.phase == CANARY and state.step == len(policy.steps) - 1
-        shown = ", ".join(f"{h.head} delta lower bound {h.lower:.4g} > -{h.tolerance:.4g}" for h in heads)
-        return ("promote" if last else "advance"), f"not worse than tolerated ({shown})"
+        outcome = "promote" if last else "advance"
+        if all(h.verdict == "not_worse" for h in heads):
+            shown = ", ".join(f"{h.head} delta lower bound {h.lower:.4g} > -{h.tolerance:.4g}" for h in heads)
+            return outcome, f"not worse than tolerated ({shown})"
+        if state.phase == CANARY and policy.shadow:
+            # non-inferiority was shown in shadow, paired on the same events (beta); a canary step guards
+            # against what shadow cannot see, and goes on once its minimums pass with no regression found
+            return outcome, (f"no regression beyond tolerance in {evidence.step_scored:.0f} judgments of this step "
+                             "(not worse than tolerated was shown in shadow)")
     max_s = policy.shadow_max_seconds if shadow else policy.step_max_seconds
     if evidence.elapsed_s >= max_s:
         return "rollback", (f"undecided after {evidence.elapsed_s:.0f} s in {state.describe()} "

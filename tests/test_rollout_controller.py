@@ -335,13 +335,17 @@ def test_a_step_whose_evidence_is_good_at_its_time_limit_goes_on():
     from streamer.rollout_controller import judge
     from streamer.rollout_evidence import Evidence, HeadEvidence
 
-    policy = Policy(step_min_seconds=60, step_max_seconds=60, step_min_scored=10)
-    state = new_state("m/b", "b", "m/a", "a", policy.to_dict()).moved(phase="canary", step=0)
     good = HeadEvidence("items", 500, 0.05, 0.01, 0.09, 0.006, 0.3, 0.35, "not_worse")
-    assert judge(policy, state, Evidence("canary", {"items": good}, step_scored=500, elapsed_s=60))[0] == "advance"
     undecided = HeadEvidence("items", 500, 0.0, -0.05, 0.05, 0.006, 0.3, 0.3, "undecided")
-    assert judge(policy, state, Evidence("canary", {"items": undecided}, step_scored=500, elapsed_s=60))[0] \
-        == "rollback"
+    for shadow_first in (2000, 0):
+        policy = Policy(step_min_seconds=60, step_max_seconds=60, step_min_scored=10, shadow_min_scored=shadow_first)
+        state = new_state("m/b", "b", "m/a", "a", policy.to_dict()).moved(phase="canary", step=0)
+        assert judge(policy, state, Evidence("canary", {"items": good}, step_scored=500, elapsed_s=60))[0] == "advance"
+        # undecided at the limit: after a shadow phase (which showed non-inferiority, paired) the canary
+        # step only had to find no regression; without one, it had to show non-inferiority itself
+        expected = "advance" if shadow_first else "rollback"
+        assert judge(policy, state, Evidence("canary", {"items": undecided}, step_scored=500, elapsed_s=60))[0] \
+            == expected
 
 
 @pytest.mark.parametrize("values", [{"min_evidence": float("inf")}, {"max_latency_ratio": float("nan")},
