@@ -260,14 +260,14 @@ def judge(previous: Mark, scored: Scored, update: UserUpdate) -> Verdict:
     """Add the verdict on `previous` given the event that followed it; returns that verdict."""
     event = scored.event
     tally = update.tally((ARM, previous[2], previous[3]))
+    bucket = None if update.bucket is None else update.tally((BUCKET, previous[2], previous[3] + update.bucket))
     items, forecast0 = previous[5], previous[4]
     hit = error = None
     if items is not None and event.item_id is not None:
         hit = event.item_id in items
         tally[0] += 1
         tally[1] += hit
-        if update.bucket is not None:
-            bucket = update.tally((BUCKET, previous[2], previous[3] + update.bucket))
+        if bucket is not None:
             bucket[0] += 1
             bucket[1] += hit
     if forecast0 is not None and event.value is not None:
@@ -279,8 +279,7 @@ def judge(previous: Mark, scored: Scored, update: UserUpdate) -> Verdict:
             tally[2] += 1
             tally[3] += error
             tally[5] += error * error
-            if update.bucket is not None:
-                bucket = update.tally((BUCKET, previous[2], previous[3] + update.bucket))
+            if bucket is not None:
                 bucket[2] += 1
                 bucket[3] += error
         else:

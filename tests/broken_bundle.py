@@ -21,8 +21,6 @@ copy its own version (original + "-broken") and model digest, reseals it with
 """
 from __future__ import annotations
 
-import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from slow_bundle import _PREFIX as SLOW_PREFIX
-from slow_bundle import JUNK_INPUT, slow_copy
-from streamer.bundle import MODEL_FILE, sha256_file, verify_integrity, write_manifest
+from slow_bundle import JUNK_INPUT, edited_copy, slow_graph
 
 VERSION_SUFFIX = "-broken"
 _PREFIX = "seqcast_broken__"  # names of the nodes this module adds
@@ -41,30 +38,17 @@ def broken_copy(src: Path, dst: Path, fail_unless_batch: int = 8) -> Path:
     """Copy the bundle at `src` to `dst` (which must not exist) with a model that raises unless its
     batch has exactly `fail_unless_batch` rows; return `dst`. The manifest version is src's + "-broken".
 
-    Built in a hidden sibling directory and renamed into place, so a registry watcher never sees
-    a half-written copy.
+    Built like `slow_bundle.slow_copy` (`edited_copy`): a sealed copy, renamed into place when complete.
     """
     if fail_unless_batch < 1:
         raise ValueError(f"fail_unless_batch must be positive, got {fail_unless_batch}")
     src, dst = Path(src), Path(dst)
-    if dst.exists():
-        raise FileExistsError(f"{dst}: already exists")
-    original = verify_integrity(src)
-    staging = dst.parent / f".{dst.name}.broken.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        # the listed files, the -0.0 branch on every output, a sealed manifest: slow_copy's job
-        manifest = verify_integrity(slow_copy(src, staging, matmul_size=1, repeats=1))
-        model = onnx.load(str(staging / MODEL_FILE))
-        break_graph(model, fail_unless_batch, original.window)
-        onnx.save(model, str(staging / MODEL_FILE))
-        files = {**manifest.files, MODEL_FILE: sha256_file(staging / MODEL_FILE)}
-        write_manifest(staging, replace(manifest, version=original.version + VERSION_SUFFIX, files=files))
-        staging.rename(dst)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return dst
+
+    def edit(model: onnx.ModelProto, manifest) -> None:  # the -0.0 branch on every output, made to break
+        slow_graph(model, 1, 1)
+        break_graph(model, fail_unless_batch, manifest.window)
+
+    return edited_copy(src, dst, VERSION_SUFFIX, edit)
 
 
 def break_graph(model: onnx.ModelProto, batch: int, window: int) -> None:

@@ -58,6 +58,13 @@ def topic_factory(broker):
     return make
 
 
+@pytest.fixture
+def topics(topic_factory):
+    """One-partition input, prediction and dead-letter topics, as service settings (`**topics`)."""
+    return {"input_topic": topic_factory(1, "events"), "output_topic": topic_factory(1, "predictions"),
+            "dlq_topic": topic_factory(1, "dlq")}
+
+
 @pytest.fixture(scope="session")
 def redis_client():
     client = redis.Redis.from_url(REDIS_URL)

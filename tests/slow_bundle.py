@@ -24,12 +24,13 @@ from __future__ import annotations
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from streamer.bundle import MODEL_FILE, sha256_file, verify_integrity, write_manifest
+from streamer.bundle import MODEL_FILE, Manifest, sha256_file, verify_integrity, write_manifest
 
 VERSION_SUFFIX = "-slow"
 JUNK_INPUT = "mask"  # float 0/1, never NaN: the slow branch's input dependency
@@ -39,28 +40,37 @@ _PREFIX = "seqcast_slow__"  # names of every node and value the slow branch adds
 def slow_copy(src: Path, dst: Path, matmul_size: int = 1024, repeats: int = 1) -> Path:
     """Copy the bundle at `src` to `dst` (which must not exist) with a slowed model; return `dst`.
 
-    Each model call then costs about `repeats` * 2 * matmul_size^3 extra flops. The bundle is
-    built in a hidden sibling directory and renamed into place, so a registry watcher never sees a
-    half-written copy. `dst`'s name is the caller's; the manifest version is src's + "-slow".
+    Each model call then costs about `repeats` * 2 * matmul_size^3 extra flops. `dst`'s name is the
+    caller's; the manifest version is src's + "-slow".
     """
     if matmul_size < 1 or repeats < 1:
         raise ValueError(f"matmul_size and repeats must be positive, got {matmul_size}, {repeats}")
+    return edited_copy(src, dst, VERSION_SUFFIX, lambda model, _manifest: slow_graph(model, matmul_size, repeats))
+
+
+def edited_copy(src: Path, dst: Path, suffix: str, edit: Callable[[onnx.ModelProto, Manifest], None]) -> Path:
+    """Copy the bundle at `src` to `dst` (which must not exist) with its ONNX model changed in place by
+    `edit(model, manifest)`, its checksum and a version of src's + `suffix` sealed into the manifest.
+
+    Only the files the manifest lists are copied (no signature.json: it would not match). Built in a
+    hidden sibling directory and renamed into place, so a registry watcher never sees a half-written copy.
+    """
     src, dst = Path(src), Path(dst)
     if dst.exists():
         raise FileExistsError(f"{dst}: already exists")
-    manifest = verify_integrity(src)  # only a bundle that loads is worth slowing
+    manifest = verify_integrity(src)  # only a bundle that loads is worth editing
     staging = dst.parent / f".{dst.name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        for name in manifest.files:  # the listed files only: no signature.json, no stray files
+        for name in manifest.files:
             if name != MODEL_FILE:
                 shutil.copyfile(src / name, staging / name)
         model = onnx.load(str(src / MODEL_FILE))
-        slow_graph(model, matmul_size, repeats)
+        edit(model, manifest)
         onnx.save(model, str(staging / MODEL_FILE))
         files = {**manifest.files, MODEL_FILE: sha256_file(staging / MODEL_FILE)}
-        write_manifest(staging, replace(manifest, version=manifest.version + VERSION_SUFFIX, files=files))
+        write_manifest(staging, replace(manifest, version=manifest.version + suffix, files=files))
         staging.rename(dst)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -129,12 +129,6 @@ def test_a_failing_canary_raises_arm_failed_naming_it(bundle_dir, broken_dir):
 # -- 3 and 4: `seqcast serve` on the real broker ---------------------------------------------------
 
 @pytest.fixture
-def topics(topic_factory):
-    return {"input_topic": topic_factory(1, "events"), "output_topic": topic_factory(1, "predictions"),
-            "dlq_topic": topic_factory(1, "dlq")}
-
-
-@pytest.fixture
 def models_dir(tmp_path, bundle_dir) -> Path:
     """models/<name>/<version> (the served bundle) and models/<name>/<version>-broken."""
     root = tmp_path / "models"

@@ -39,12 +39,6 @@ FAST = ["--shadow-min-scored", "300", "--steps", "5,25,50", "--step-min-scored",
 
 
 @pytest.fixture
-def topics(topic_factory):
-    return {"input_topic": topic_factory(1, "events"), "output_topic": topic_factory(1, "predictions"),
-            "dlq_topic": topic_factory(1, "dlq")}
-
-
-@pytest.fixture
 def models_dir(tmp_path) -> Path:
     return tmp_path / "models"
 

@@ -36,12 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def topics(topic_factory):
-    return {"input_topic": topic_factory(1, "events"), "output_topic": topic_factory(1, "predictions"),
-            "dlq_topic": topic_factory(1, "dlq")}
-
-
-@pytest.fixture
 def registry(redis_client, key_prefix) -> Registry:
     return Registry(redis_client, key_prefix)
 
