@@ -52,8 +52,7 @@ class Rejected:
 
     def coordinates(self) -> list[tuple[str, bytes]]:
         r = self.record
-        return [("reason", self.reason.encode()),
-                ("detail", self.detail[:DETAIL_CHARS].encode("utf-8", "backslashreplace")),
+        return [("reason", self.reason.encode()), ("detail", bounded_detail(self.detail)),
                 ("source_topic", r.topic.encode()), ("source_partition", str(r.partition).encode()),
                 ("source_offset", str(r.offset).encode())]
 
@@ -70,6 +69,15 @@ class Rejected:
         cut = lambda raw: raw if raw is None else raw[:TRUNCATED_BYTES]
         return cut(r.value), cut(r.key), [*self.coordinates(), ("original_bytes", str(size).encode()),
                                           ("truncated", b"true")]
+
+
+def bounded_detail(detail: str) -> bytes:
+    """`detail` as UTF-8 of at most DETAIL_CHARS characters (schemas/v1/dlq-headers.schema.json): a lone
+    surrogate is escaped first (it has no UTF-8 spelling), then the text is cut, so the bound holds after
+    escaping and the cut never splits a multi-byte character."""
+    if detail.isascii():
+        return detail[:DETAIL_CHARS].encode()
+    return detail.encode("utf-8", "backslashreplace").decode("utf-8")[:DETAIL_CHARS].encode("utf-8")
 
 
 def split(records: Sequence[Record]) -> tuple[list[Event], list[Record], list[Rejected]]:

@@ -93,11 +93,15 @@ def wait_for_port(port: int, timeout_s: float = 15.0, host: str = "127.0.0.1") -
             time.sleep(0.05)
 
 
-def tansu_command(port: int) -> list[str]:
-    """argv of an in-memory Tansu broker listening (and advertised) on 127.0.0.1:port."""
+def tansu_command(port: int, schema_registry: Path | None = None) -> list[str]:
+    """argv of an in-memory Tansu broker listening (and advertised) on 127.0.0.1:port; with `schema_registry`
+    (a directory of `<topic>.json` schemas), it refuses records that break their topic's schema."""
     url = f"tcp://127.0.0.1:{port}"
-    return [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+    argv = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
             "--storage-engine", "memory://tansu/"]
+    if schema_registry is not None:
+        argv += ["--schema-registry", schema_registry.resolve().as_uri()]
+    return argv
 
 
 def start_tansu(port: int, log: IO | None = None) -> subprocess.Popen:

@@ -11,12 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-from training import demo
-
-DATA_HELP = ("event data: 'synthetic[:users=500,items=200,events=40,seed=0]', a MovieLens ratings.dat / "
-             "u.data, an ETT csv(.gz), a daily OHLCV stock csv, an S3Rec sequence file, or a CSV/Parquet/"
-             "JSON-lines file with --user/--ts/--item/--value column names")
-
+from training import demo, dev
+from training.data_args import add_data_args, load_data
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser(
@@ -29,7 +25,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "repeat-last-value or seasonal naive is never served: the better baseline, or a blend with it, is "
         "written into the model instead, and the report and the manifest (metrics.selection) say so.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _data_args(train)
+    add_data_args(train)
     train.add_argument("--arch", choices=["lstm", "transformer", "both"], default="lstm")
     train.add_argument("--name", help="bundle name (default: the data source name)")
     train.add_argument("--models-dir", type=Path, default=Path("models"))
@@ -62,7 +58,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "trainer uses: full-ranking HR/NDCG@10,50 and MSE/MAE/RMSE, baselines in the same run.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     evaluate.add_argument("bundle", type=Path, help="bundle directory models/<name>/<version>")
-    _data_args(evaluate)
+    add_data_args(evaluate)
     evaluate.add_argument("--out", type=Path, default=Path("runs/evaluate"), help="where metrics.json and PNGs go")
     evaluate.set_defaults(handler=run_evaluate)
 
@@ -81,25 +77,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     seed.set_defaults(handler=run_seed_example)
 
     demo.add_command(commands)
-
-
-def _data_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help=DATA_HELP)
-    parser.add_argument("--user", help="user/entity column (generic tables)")
-    parser.add_argument("--ts", help="timestamp column (generic tables)")
-    parser.add_argument("--item", help="item column (generic tables)")
-    parser.add_argument("--value", help="value column (generic tables)")
-    parser.add_argument("--ts-unit", choices=["s", "ms", "iso"], default="s",
-                        help="how the --ts column is written: epoch seconds, epoch milliseconds, ISO-8601")
-
-
-def load_data(args: argparse.Namespace):
-    from training.data.loaders import load_any, load_table
-
-    if args.user or args.ts:
-        return load_table(args.data, user=args.user, ts=args.ts, item=args.item, value=args.value,
-                          ts_unit=args.ts_unit)
-    return load_any(args.data)
+    dev.add_command(commands)
 
 
 def _quiet_tensorflow() -> None:

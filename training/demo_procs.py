@@ -175,9 +175,10 @@ class Children:
                 out.write(f"{name} {proc.pid}\n")
         return proc
 
-    def start_tansu(self, port: int, log: Path) -> subprocess.Popen:
-        """An in-memory Tansu on 127.0.0.1:port (the argv of streamer.embedded.start_tansu)."""
-        proc = self.start("tansu", tansu_command(port), log)
+    def start_tansu(self, port: int, log: Path, schema_registry: Path | None = None) -> subprocess.Popen:
+        """An in-memory Tansu on 127.0.0.1:port (the argv of streamer.embedded.start_tansu), validating
+        produced records against `schema_registry`'s `<topic>.json` schemas when given."""
+        proc = self.start("tansu", tansu_command(port, schema_registry), log)
         wait_for_port(port)
         return proc
 
