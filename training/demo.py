@@ -8,10 +8,12 @@ The flow, top to bottom (`run`):
      redis-server on a free port. What the demo starts itself is plaintext: the service does not
      inherit the security settings meant for the user's clusters (demo_procs.without_security).
      This comes first so that a wrong setting fails in seconds, not after training;
-  2. model: the newest models/demo/<version> trained on exactly this synthetic log, else train one
-     (LSTM, items + forecast heads, about a minute on 2 cores);
+  2. model: --bundle DIR as given; else the newest models/demo/<version> trained on exactly this synthetic
+     log (with --data FILE: models/demo-<file>/<version>, on the file's events before the replayed ones),
+     else train one (LSTM, items + forecast heads, about a minute on 2 cores); training.demo_data;
   3. the service: `python -m streamer serve` as a child, on this run's own topics, group and key prefix;
-  4. a feed thread replays synthetic events (another seed, same catalogue) plus a few malformed
+  4. a feed thread replays the events (synthetic: another seed, same catalogue; --data: the file's latest
+     --holdout share, in event-time order) plus a few malformed
      messages; the main thread reads the predictions, scores each by the user's next event
      (training.demo_score) and prints a sample line or two per second;
   5. the summary: events/s, latency p50/p99, DLQ count, online HR@10 and MAE, and the service's own
