@@ -175,9 +175,11 @@ def format_summary(run: Run) -> str:
         f"latency       p50 {s.latency_ms(50):.1f} ms, p99 {s.latency_ms(99):.1f} ms "
         f"(event consumed -> prediction produced)",
         f"DLQ           {sum(run.dlq_reasons.values())} messages on {run.dlq_topic} ({reasons})",
-        f"online HR@10  {s.hr:.3f} over {s.scored_items} predictions scored by the user's next event"
-        + (f" (most-popular: {s.popular_hr:.3f})" if s.popular else ""),
-        f"online MAE    {s.mae:.3f} over {s.scored_values} (repeat-last-value: {s.baseline_mae:.3f})",
+        (f"online HR@10  {s.hr:.3f} over {s.scored_items} predictions scored by the user's next event"
+         + (f" (most-popular: {s.popular_hr:.3f})" if s.popular else "")) if s.scored_items else
+        "online HR@10  none scored (no item head, or no next event with an item)",
+        f"online MAE    {s.mae:.3f} over {s.scored_values} (repeat-last-value: {s.baseline_mae:.3f})"
+        if s.scored_values else "online MAE    none scored (no forecast head, or no next event with a value)",
     ]
     if run.live is not None:
         live = run.live
