@@ -317,8 +317,10 @@ class Producer(transport.Producer):
                  max_request_bytes: int = 2 * 1024 * 1024, client: str | None = None,
                  security: KafkaSecurity | None = None) -> None:
         self.refusals = Refusals(security, bootstrap_servers, "producer")
+        # murmur2_random: the Java client's (and kafka-python's, kafkajs's) key hash, so one user's events and
+        # predictions land on the same partition whichever client wrote them; librdkafka's default differs
         self._config = {**_common(bootstrap_servers, security), "acks": "all", "enable.idempotence": True,
-                        "linger.ms": linger_ms, "batch.size": 256 * 1024, "message.max.bytes": max_request_bytes,
+                        "partitioner": "murmur2_random", "linger.ms": linger_ms, "batch.size": 256 * 1024, "message.max.bytes": max_request_bytes,
                         "delivery.report.only.error": True, "error_cb": self._on_error}
         self._producer = RdProducer(self._config)
         self._max_block_s = max_block_ms / 1000
