@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from schema_corpus import watch_predictions
 from streamer.embedded import free_port, start_tansu
 from streamer.transport import CLIENTS, Consumer, Producer, create_topics
 
@@ -102,7 +103,7 @@ def consumer_factory(broker, kafka_client):
     def make(topic: str, group_id: str | None = None) -> Consumer:
         consumer = Consumer(broker, topic, group_id, assign_all=True, client=kafka_client)
         made.append(consumer)
-        return consumer
+        return watch_predictions(consumer)  # a prediction topic's records are checked against schemas/v1
     yield make
     for consumer in made:
         consumer.close()

@@ -15,6 +15,7 @@ from typing import Iterable
 import numpy as np
 
 from bench.chaos.checker import predictions_by_id  # noqa: F401 (re-exported for the tests)
+from schema_corpus import watch_predictions
 from streamer.bundle import Bundle
 from streamer.events import Event
 from streamer.features import encode_sequence, scale_values
@@ -66,7 +67,9 @@ def assert_matches(prediction: dict, expected: dict, tol: float = 1e-5) -> None:
 
 
 def read_until(consumer: Consumer, done, timeout_s: float = 60.0) -> list[Record]:
-    """Poll `consumer` until done(records) is true; fail after timeout_s."""
+    """Poll `consumer` until done(records) is true; fail after timeout_s. Records of a prediction topic
+    are checked against schemas/v1/prediction.schema.json as they arrive."""
+    watch_predictions(consumer)
     records: list[Record] = []
     deadline = time.monotonic() + timeout_s
     while not done(records):

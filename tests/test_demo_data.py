@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT
 from datapaths import SHARED_DATA
 from test_demo import assert_no_survivors, demo_env, summary_numbers
 from training.data.eventlog import EventLog

@@ -135,3 +135,26 @@ def tansu_child(parent: int) -> int:
             except (OSError, IndexError, ValueError):
                 pass
     raise AssertionError(f"no tansu child of {parent}")
+
+
+@pytest.mark.slow
+def test_dev_validate_makes_the_broker_refuse_a_malformed_event_at_produce_time(tmp_path):
+    from streamer.transport import DeliveryError, Producer
+
+    dev = Dev(tmp_path, "--validate")
+    try:
+        bootstrap, topic = dev.exports["SEQCAST_BOOTSTRAP_SERVERS"], dev.exports["SEQCAST_INPUT_TOPIC"]
+        assert "events checked against" in dev.output()
+        producer = Producer(bootstrap, client="kafka-python")  # carries on after a refusal (librdkafka is fenced)
+        try:
+            producer.send(topic, b'{"event_id":"e-1","user_id":"u1","ts":1704067200,"item_id":"i1"}', b"u1")
+            assert producer.flush() == 1
+            producer.send(topic, b'{"event_id":"e-2","ts":1704067200,"item_id":"i1"}', b"u1")  # no user_id
+            with pytest.raises(DeliveryError, match="InvalidRecord"):
+                producer.flush()
+        finally:
+            producer.close()
+    finally:
+        code, _ = dev.interrupt()
+        dev.kill()
+    assert code == 0

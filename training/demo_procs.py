@@ -163,12 +163,12 @@ class Children:
             pid_file.write_text(f"run {run_id}\n")
 
     def start(self, name: str, argv: list[str], log: Path, env: dict[str, str] | None = None,
-              graceful_s: float = SIDECAR_GRACE_S) -> subprocess.Popen:
+              graceful_s: float = SIDECAR_GRACE_S, cwd: Path | None = None) -> subprocess.Popen:
         """Start `argv` with stdout and stderr appended to `log`."""
         env = dict(os.environ if env is None else env, **{DEMO_RUN_ENV: self.run_id})
         with open(log, "ab") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                    start_new_session=True, preexec_fn=self._hook)
+                                    start_new_session=True, preexec_fn=self._hook, cwd=cwd)
         self.started.append(Child(name, proc, graceful_s))
         if self.pid_file is not None:
             with open(self.pid_file, "a") as out:
@@ -178,7 +178,10 @@ class Children:
     def start_tansu(self, port: int, log: Path, schema_registry: Path | None = None) -> subprocess.Popen:
         """An in-memory Tansu on 127.0.0.1:port (the argv of streamer.embedded.start_tansu), validating
         produced records against `schema_registry`'s `<topic>.json` schemas when given."""
-        proc = self.start("tansu", tansu_command(port, schema_registry), log)
+        # Tansu 0.6 reads a file:// registry path relative to its working directory ("/abs" -> "$PWD/abs"):
+        # from "/", an absolute path means itself. Memory storage does not care where it runs.
+        proc = self.start("tansu", tansu_command(port, schema_registry), log,
+                          cwd=None if schema_registry is None else Path("/"))
         wait_for_port(port)
         return proc
 

@@ -119,9 +119,9 @@ def port_or_free(wanted: int) -> int:
 
 def registry_dir(log_dir: Path, topic: str) -> Path:
     """A Tansu schema registry directory holding the shipped event schema for `topic`."""
-    from training.broker_schema import write_registry
+    from training.broker_schema import write_event_registry
 
-    return write_registry(log_dir / "schemas", topic)
+    return write_event_registry(log_dir / "schemas", topic)
 
 
 def banner(args: argparse.Namespace, bootstrap: str, redis_url: str, exports: dict[str, str], log_dir: Path,
