@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from orjson import loads as _fast_loads
 
 MAX_MESSAGE_BYTES = 64 * 1024
+# "-0" not followed by a digit: where a JSON number token may be a negative zero ("-0", "-0.0", "-0e3").
+# A date or an offset ("2024-01-05", "-05:00") always has a digit after "-0", so it does not match.
+_NEGATIVE_ZERO = re.compile(rb"-0(?![0-9])")
 MAX_ID_CHARS = 128
 
 REASONS = (
@@ -165,8 +169,9 @@ def parse_event(raw: bytes | None) -> Event:
     only where its reading is the standard library's: any document orjson refuses (invalid UTF-8,
     a lone surrogate, NaN/Infinity, a number beyond float64, nesting past 1024, ...) is decoded
     again by `parse_event_stdlib`, which names the reason; and where a ts or value reads as the
-    integer 0 while the text holds "-0", the sign orjson drops decides, so that case goes the
-    slow way too. A property test holds the two paths to the same Event or the same reason.
+    integer 0 while the text holds a "-0" that may be a number (no digit after it, unlike the
+    "-01" of a date), the sign orjson drops decides, so that case goes the slow way too. A property
+    test holds the two paths to the same Event or the same reason.
     """
     if raw is None:
         raise InvalidEvent("not_json", "message has no value (tombstone)")
@@ -176,7 +181,7 @@ def parse_event(raw: bytes | None) -> Event:
         obj = _fast_loads(raw)
     except Exception:
         return parse_event_stdlib(raw)
-    if type(obj) is dict and (obj.get("ts") == 0 or obj.get("value") == 0) and b"-0" in raw:
+    if type(obj) is dict and (obj.get("ts") == 0 or obj.get("value") == 0) and _NEGATIVE_ZERO.search(raw):
         return parse_event_stdlib(raw)
     return event_from_dict(obj)
 

@@ -152,7 +152,7 @@ class Service:
 
     def process(self, records: Sequence[Record]) -> None:
         """Handle one batch; returns with its offsets recorded, or with the batch abandoned/rewound."""
-        consumed_at = time.time()
+        consumed_at = time.monotonic()  # latency is measured on the monotonic clock: a clock step cannot make it negative
         self._live_marks = None  # marks belong to one batch: never carried into the next
         for record in records:
             self.restart_at.setdefault((record.topic, record.partition), record.offset)
@@ -264,7 +264,8 @@ class Service:
         emitted: Tally[tuple[str, str]] = Tally()
         sent_at: list[float] = []
         event_ts: list[float] = []
-        clock = time.time
+        clock = time.monotonic
+        wall_offset = time.time() - clock()  # event-time lag needs wall time: monotonic + offset, one clock call each
         for item in scored:
             if item.arm not in emitting:
                 continue
@@ -286,7 +287,7 @@ class Service:
             sent = np.array(sent_at)
             observe_many(self.metrics.event_latency, sent - consumed_at)
             with np.errstate(invalid="ignore", over="ignore"):
-                observe_many(self.metrics.event_time_lag, np.maximum(0.0, sent - np.array(event_ts)))
+                observe_many(self.metrics.event_time_lag, np.maximum(0.0, sent + wall_offset - np.array(event_ts)))
         for bad in rejected:
             self.producer.send(self.settings.dlq_topic, *bad.dead_letter(self.settings.dlq_max_message_bytes))
             self.metrics.events_invalid.labels(bad.reason).inc()
