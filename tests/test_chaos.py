@@ -52,3 +52,21 @@ def test_the_checker_orders_arrival_numbers_as_numbers():
     shifted = _normalised({"a": payload(2), "b": payload(257), "c": payload(258)})
     assert first == shifted
     assert [first[i][1] for i in "abc"] == [0, 1, 2]
+
+
+def test_the_checker_flags_predictions_and_dead_letters_off_the_published_schemas():
+    import json
+
+    from bench.chaos.checker import off_schema
+    from streamer.transport import Record
+
+    good = {"event_id": "e", "user_id": "u", "ts": 1.0, "window": 1, "latency_ms": 0.5,
+            "model": {"name": "m", "version": "v", "arch": "lstm", "arm": "primary"}}
+    bad = dict(good, model=dict(good["model"], arm="shadow"))  # a shadow's prediction must never be emitted
+    predictions = [Record("predictions", 0, n, b"u", json.dumps(body).encode(), 0) for n, body in
+                   enumerate([good, bad])]
+    letter = lambda reason: Record("events.dlq", 0, 7, b"u", b"x", 0, (
+        ("reason", reason), ("detail", b"d"), ("source_topic", b"events"), ("source_partition", b"0"),
+        ("source_offset", b"3")))
+    found = off_schema(predictions, [letter(b"not_json"), letter(b"no_such_reason")])
+    assert len(found) == 2 and found[0].startswith("predictions[0]@1: model/arm") and "events.dlq[0]@7: reason" in found[1]

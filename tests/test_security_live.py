@@ -28,6 +28,7 @@ pytest.register_assert_rewrite("secure_infra")
 from conftest import ROOT  # noqa: E402
 from secure_infra import REDIS_PASSWORD, KafkaTls, RedisTls  # noqa: E402
 from streamer.embedded import free_port  # noqa: E402
+from schema_corpus import schema_errors
 
 pytest_plugins = ["secure_infra"]
 pytestmark = pytest.mark.slow
@@ -100,6 +101,8 @@ def pipeline(env: dict[str, str], port: int, tmp_path: Path, events: int) -> dic
         tail = seqcast(["tail", "--from-beginning", "--limit", str(events)], env, timeout_s=120)
         assert tail.returncode == 0, tail.stderr[-2000:] + log_path.read_text()[-3000:]
         predictions = [json.loads(line) for line in tail.stdout.splitlines()]
+        for prediction in predictions:  # every prediction the end-to-end tests read keeps the published schema
+            assert not schema_errors("prediction", prediction), (schema_errors("prediction", prediction), prediction)
         assert len({p["event_id"] for p in predictions}) == events
         health, metrics, live = http(port, "/healthz"), http(port, "/metrics"), http(port, "/livez")
         assert json.loads(health)["ready"] is True

@@ -9,7 +9,9 @@ reason, and the corpus's label where it has one). On top of that:
   FLOAT_TOL, and the same content as the reference run's;
 - windows: every user's stored events equal the reference's (ts, value, item per event_id, and
   the same arrival order);
-- live accuracy: the Redis totals equal the reference's exactly (counts) and to 1e-9 (sums).
+- live accuracy: the Redis totals equal the reference's exactly (counts) and to 1e-9 (sums);
+- published schemas: predictions (up to SCHEMA_SAMPLE of them, evenly spread) are valid by
+  schemas/v1/prediction.schema.json, and every dead letter's seqcast headers by dlq-headers.schema.json.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import struct
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from streamer.events import InvalidEvent, parse_event
@@ -26,6 +29,8 @@ from streamer.live_accuracy import read_totals
 from streamer.transport import Consumer, Record
 from streamer.window_store import ARRIVAL_END, WindowStore
 
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas" / "v1"
+SCHEMA_SAMPLE = 20_000  # predictions checked against the schema (~0.1 ms each): a soak reads a million
 FLOAT_TOL = 1e-5  # onnxruntime may round differently when the same row is in a batch of another size
 
 
@@ -190,6 +195,7 @@ class Verdict:
     live: dict = field(default_factory=dict)
     live_differ: list[str] = field(default_factory=list)
     crashes: list[str] = field(default_factory=list)
+    off_schema: list[str] = field(default_factory=list)  # predictions or dead letters breaking schemas/v1
 
     @property
     def lost(self) -> int:
@@ -198,12 +204,13 @@ class Verdict:
     @property
     def ok(self) -> bool:
         return not (self.lost or self.wrong_reason or self.predicted_invalid or self.differing_duplicates
-                    or self.differ_from_reference or self.windows_differ or self.live_differ or self.crashes)
+                    or self.differ_from_reference or self.windows_differ or self.live_differ or self.crashes
+                    or self.off_schema)
 
     def problems(self) -> list[str]:
         out = []
         for name in ("lost_valid", "lost_invalid", "wrong_reason", "predicted_invalid", "differing_duplicates",
-                     "differ_from_reference", "windows_differ", "live_differ", "crashes"):
+                     "differ_from_reference", "windows_differ", "live_differ", "crashes", "off_schema"):
             found = getattr(self, name)
             if found:
                 out.append(f"{name}: {len(found)} (e.g. {list(found)[:3]})")
@@ -246,7 +253,30 @@ def check_delivery(truth: InputTruth, predictions: list[Record], dead: list[Reco
                 v.differ_from_reference.append(event_id)
                 if len(v.examples) < 10:
                     v.examples.append({"event_id": event_id, "predictions": bodies, "reference": wanted})
+    v.off_schema = off_schema(predictions, dead)
     return v
+
+
+def off_schema(predictions: list[Record], dead: list[Record], sample: int = SCHEMA_SAMPLE) -> list[str]:
+    """Where the topics break the published schemas: 'topic[partition]@offset: path: message'."""
+    from jsonschema import Draft202012Validator
+
+    from streamer.dlq import DLQ_HEADERS
+
+    def validator(name: str) -> Draft202012Validator:
+        return Draft202012Validator(json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text()))
+
+    out: list[str] = []
+    stride = max(1, len(predictions) // sample) if sample else 1
+    prediction, headers = validator("prediction"), validator("dlq-headers")
+    checks = [(prediction, r, json.loads(r.value)) for r in predictions[::stride]]
+    checks += [(headers, r, {k: (v or b"").decode("utf-8", "replace") for k, v in r.headers if k in DLQ_HEADERS})
+               for r in dead]
+    for schema, record, body in checks:
+        for error in schema.iter_errors(body):
+            path = "/".join(map(str, error.absolute_path)) or "(root)"
+            out.append(f"{record.topic}[{record.partition}]@{record.offset}: {path}: {error.message[:120]}")
+    return out
 
 
 def _normalised(stored: dict[str, bytes]) -> dict[str, tuple[bytes, int]]:
