@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from schema_corpus import watch_predictions
+from schema_oracle import watch_predictions
 from streamer.embedded import free_port, start_tansu
 from streamer.transport import CLIENTS, Consumer, Producer, create_topics
 

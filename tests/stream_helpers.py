@@ -15,7 +15,7 @@ from typing import Iterable
 import numpy as np
 
 from bench.chaos.checker import predictions_by_id  # noqa: F401 (re-exported for the tests)
-from schema_corpus import watch_predictions
+from schema_oracle import watch_predictions
 from streamer.bundle import Bundle
 from streamer.events import Event
 from streamer.features import encode_sequence, scale_values

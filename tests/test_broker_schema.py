@@ -25,7 +25,8 @@ from typing import Iterator
 
 import pytest
 
-from schema_corpus import contract_verdict, load_schema, strict_json, validator, write_tansu_registry
+from schema_corpus import write_tansu_registry
+from schema_oracle import contract_verdict, load_schema, strict_json, validator
 from streamer.embedded import free_port, tansu_command, wait_for_port
 from streamer.events import MAX_MESSAGE_BYTES, InvalidEvent, parse_event
 from streamer.transport import DEFAULT_CLIENT, Consumer, DeliveryError, Producer, create_topics

@@ -13,7 +13,8 @@ from collections import Counter
 
 import pytest
 
-from schema_corpus import DIFFERENCES, contract_verdict, corpus, header_dict, schema_errors, strict_json
+from schema_corpus import corpus
+from schema_oracle import DIFFERENCES, contract_verdict, header_dict, schema_errors, strict_json
 from stream_helpers import covers, read_until
 from streamer.events import REASONS, Event, InvalidEvent, parse_event
 from streamer.transport import DEFAULT_CLIENT

@@ -24,9 +24,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis_jsonschema import from_schema
 from jsonschema import Draft202012Validator
 
-from schema_corpus import (BAD_UTF8, DIFFERENCES, NUMBER_SPELLINGS, SCHEMA_NAMES, TS_STRINGS, Verdict,
-                           contract_verdict, expected_ts, header_dict, load_schema, mutate, schema_errors,
-                           service_recursion_limit, spell, ts_pattern, validator, watch_predictions, with_text)
+from schema_corpus import BAD_UTF8, NUMBER_SPELLINGS, TS_STRINGS, mutate, spell, with_text
+from schema_oracle import (DIFFERENCES, SCHEMA_NAMES, Verdict, contract_verdict, expected_ts, header_dict,
+                           load_schema, schema_errors, service_recursion_limit, ts_pattern, validator,
+                           watch_predictions)
 from streamer.dlq import DETAIL_CHARS, Rejected, internal_error, record_bytes, split
 from streamer.events import (MAX_ID_CHARS, MAX_MESSAGE_BYTES, REASONS, Event, InvalidEvent, parse_event,
                             parse_event_stdlib)

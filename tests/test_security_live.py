@@ -28,7 +28,7 @@ pytest.register_assert_rewrite("secure_infra")
 from conftest import ROOT  # noqa: E402
 from secure_infra import REDIS_PASSWORD, KafkaTls, RedisTls  # noqa: E402
 from streamer.embedded import free_port  # noqa: E402
-from schema_corpus import schema_errors
+from schema_oracle import schema_errors
 
 pytest_plugins = ["secure_infra"]
 pytestmark = pytest.mark.slow
