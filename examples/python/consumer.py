@@ -76,12 +76,16 @@ def main() -> int:
         "auto.offset.reset": "earliest",    # a new group starts at the beginning; a known one resumes
         "session.timeout.ms": args.session_timeout_ms,
     })
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops it like Ctrl-C does
+    # Ctrl-C and `kill` ask for a stop, which happens between messages: the one being handled is finished
+    # and its offset stored, so close() commits exactly what was printed.
+    stopping: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, _frame: stopping.append(signum))
     seen, printed = SeenIds(args.dedup_window), 0
     try:
         consumer.subscribe([args.topic])
-        while not args.limit or printed < args.limit:
-            msg = consumer.poll(1.0)
+        while not stopping and (not args.limit or printed < args.limit):
+            msg = consumer.poll(0.5)  # at most this long between a Ctrl-C and the stop
             if msg is None:
                 continue
             if msg.error():
@@ -99,8 +103,6 @@ def main() -> int:
                 print(json.dumps(prediction) if args.json else line(prediction), flush=True)
                 printed += 1
             consumer.store_offsets(message=msg)  # handled: may be committed now
-    except KeyboardInterrupt:
-        pass
     finally:
         consumer.close()  # commits the stored offsets and leaves the group (no wait for a session timeout)
     print(f"{printed} predictions", file=sys.stderr)
