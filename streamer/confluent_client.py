@@ -320,8 +320,9 @@ class Producer(transport.Producer):
         # murmur2_random: the Java client's (and kafka-python's, kafkajs's) key hash, so one user's events and
         # predictions land on the same partition whichever client wrote them; librdkafka's default differs
         self._config = {**_common(bootstrap_servers, security), "acks": "all", "enable.idempotence": True,
-                        "partitioner": "murmur2_random", "linger.ms": linger_ms, "batch.size": 256 * 1024, "message.max.bytes": max_request_bytes,
-                        "delivery.report.only.error": True, "error_cb": self._on_error}
+                        "partitioner": "murmur2_random", "linger.ms": linger_ms, "batch.size": 256 * 1024,
+                        "message.max.bytes": max_request_bytes, "delivery.report.only.error": True,
+                        "error_cb": self._on_error}
         self._producer = RdProducer(self._config)
         self._max_block_s = max_block_ms / 1000
         self._sent = 0

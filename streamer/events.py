@@ -17,10 +17,10 @@ from datetime import datetime, timezone
 from orjson import loads as _fast_loads
 
 MAX_MESSAGE_BYTES = 64 * 1024
+MAX_ID_CHARS = 128
 # "-0" not followed by a digit: where a JSON number token may be a negative zero ("-0", "-0.0", "-0e3").
 # A date or an offset ("2024-01-05", "-05:00") always has a digit after "-0", so it does not match.
 _NEGATIVE_ZERO = re.compile(rb"-0(?![0-9])")
-MAX_ID_CHARS = 128
 
 REASONS = (
     "too_large",  # message over 64 KiB

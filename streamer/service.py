@@ -152,7 +152,7 @@ class Service:
 
     def process(self, records: Sequence[Record]) -> None:
         """Handle one batch; returns with its offsets recorded, or with the batch abandoned/rewound."""
-        consumed_at = time.monotonic()  # latency is measured on the monotonic clock: a clock step cannot make it negative
+        consumed_at = time.monotonic()  # latency on the monotonic clock: a wall-clock step cannot make it negative
         self._live_marks = None  # marks belong to one batch: never carried into the next
         for record in records:
             self.restart_at.setdefault((record.topic, record.partition), record.offset)
@@ -265,7 +265,7 @@ class Service:
         sent_at: list[float] = []
         event_ts: list[float] = []
         clock = time.monotonic
-        wall_offset = time.time() - clock()  # event-time lag needs wall time: monotonic + offset, one clock call each
+        wall_offset = time.time() - clock()  # event-time lag needs wall time: monotonic + this offset
         for item in scored:
             if item.arm not in emitting:
                 continue

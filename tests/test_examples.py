@@ -179,7 +179,8 @@ def test_python_examples_round_trip(broker, topics, service_factory, producer, c
 def test_node_examples_round_trip(node, broker, topics, service_factory, producer, consumer_factory, tmp_path):
     # --no-idempotence: Tansu refuses kafkajs's InitProducerId (see the next test)
     round_trip("node", [node, str(NODE_DIR / "producer.js"), "--bootstrap", broker, "--no-idempotence"],
-               [node, str(NODE_DIR / "consumer.js"), "--bootstrap", broker], True, "data must have required property 'user_id'",
+               [node, str(NODE_DIR / "consumer.js"), "--bootstrap", broker], True,
+               "data must have required property 'user_id'",
                broker, topics, service_factory, producer, consumer_factory, tmp_path)
 
 

@@ -110,7 +110,8 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     own.add_argument("--holdout", type=float, default=0.2,
                      help="share of --data events, the latest, to replay (default: %(default)s; 1 = the whole file, "
                      "with --bundle)")
-    own.add_argument("--bundle", metavar="DIR", help="serve this bundle (models/<name>/<version>) instead of training one")
+    own.add_argument("--bundle", metavar="DIR",
+                     help="serve this bundle (models/<name>/<version>) instead of training one")
     own.add_argument("--limit", type=int, help="replay at most this many events (the earliest of the replay)")
     add("--events", type=int, default=20000, help="synthetic events to replay (default: %(default)s)")
     add("--rate", type=float, default=0.0, help="events per second; 0 = as fast as possible (default: %(default)s)")

@@ -169,7 +169,8 @@ def train(args: argparse.Namespace, log: EventLog, name: str) -> Path:
                        max_minutes=args.train_minutes, seed=args.seed)
     outcome = train_and_export(log, args.models_dir, name, spec, config, top_k=10, progress=True,
                                recipe={"demo_recipe": DEMO_RECIPE})
-    print(f"model        {outcome.bundle} in {outcome.seconds:.0f} s; test {offline_scores(outcome.metrics)}", flush=True)
+    print(f"model        {outcome.bundle} in {outcome.seconds:.0f} s; test {offline_scores(outcome.metrics)}",
+          flush=True)
     return outcome.bundle
 
 

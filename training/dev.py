@@ -39,12 +39,13 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     add("--kafka-port", type=int, default=DEFAULT_KAFKA_PORT, help="broker port (default: %(default)s)")
     add("--redis-port", type=int, default=DEFAULT_REDIS_PORT, help="redis-server port (default: %(default)s)")
     add("--partitions", type=int, default=1, help="partitions of each topic (default: %(default)s)")
-    add("--input-topic", default="events", help="(default: %(default)s)")
-    add("--output-topic", default="predictions", help="(default: %(default)s)")
-    add("--dlq-topic", default="events.dlq", help="(default: %(default)s)")
+    add("--input-topic", default="events", help="the topic events are read from (default: %(default)s)")
+    add("--output-topic", default="predictions", help="the topic predictions go to (default: %(default)s)")
+    add("--dlq-topic", default="events.dlq", help="the topic refused events go to (default: %(default)s)")
     add("--validate", action="store_true",
         help="the broker refuses events that break schemas/v1/event.schema.json at produce time (Tansu's "
-        "schema registry)")
+        "schema registry); one refused record fails its whole produce request, and an idempotent librdkafka "
+        "producer is fenced after it (schemas/README.md)")
     add("--env-file", type=Path, help="also write the SEQCAST_* exports to this file (for scripts)")
     add("--log-dir", type=Path, help="where the broker's and Redis's logs go (unset: a new temp dir)")
     p.set_defaults(handler=run)
