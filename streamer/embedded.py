@@ -81,6 +81,18 @@ def _is_free(port: int) -> bool:
             return False
 
 
+def port_or_free(wanted: int, host: str = "127.0.0.1") -> int:
+    """`wanted` if it can be bound on `host` now, else (or for 0) any free port."""
+    if wanted:
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, wanted))
+                return wanted
+            except OSError:
+                pass
+    return free_port()
+
+
 def wait_for_port(port: int, timeout_s: float = 15.0, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout_s
     while True:

@@ -36,7 +36,6 @@ import json
 import math
 import os
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -47,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from streamer.embedded import port_or_free
 from streamer.security import SecurityError, redact_url
 from streamer.settings import ENV_PREFIX, FILE_SUFFIX, Settings, SettingsError
 from training.data_args import add_data_args
@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         settings = broker_for(args.bootstrap, settings, children, log_dir)
         settings = redis_settings = redis_for(args.redis, settings, children, log_dir)
         bundle = given or ensure_bundle(args, source)
-        port = start_service(children, bundle, settings, environ, names, metrics_port(args.metrics_port), log_dir)
+        port = start_service(children, bundle, settings, environ, names, port_or_free(args.metrics_port), log_dir)
         print(f"/metrics     http://127.0.0.1:{port}/metrics  (logs in {log_dir})", flush=True)
         summary = stream(args, settings, names, port, children.get("service"), bundle, source.events)
         print(summary, flush=True)
@@ -326,19 +326,6 @@ def redis_for(wanted: str | None, settings: Settings, children: Children, log_di
     children.start_redis(port, log_dir / "redis.log")
     print(f"redis        embedded redis-server on 127.0.0.1:{port}", flush=True)
     return settings.replace(redis_url=f"redis://127.0.0.1:{port}/0")
-
-
-def metrics_port(wanted: int) -> int:
-    from streamer.embedded import free_port
-
-    if wanted:
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", wanted))
-                return wanted
-            except OSError:
-                pass
-    return free_port()
 
 
 def start_service(children: Children, bundle: Path, settings: Settings, environ: dict[str, str], names: Names,

@@ -104,18 +104,13 @@ def watch(children: Children) -> int:
 
 
 def port_or_free(wanted: int) -> int:
-    """`wanted` if nothing listens there (0: any), else a free port; the banner prints the one used."""
-    from streamer.embedded import free_port
-    import socket
+    """`wanted` if nothing listens there (0: any), else a free port, saying so; the banner prints the one used."""
+    from streamer.embedded import port_or_free as bindable
 
-    if wanted:
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", wanted))
-                return wanted
-            except OSError:
-                print(f"note         port {wanted} is taken; using a free one", file=sys.stderr, flush=True)
-    return free_port()
+    port = bindable(wanted)
+    if wanted and port != wanted:
+        print(f"note         port {wanted} is taken; using {port}", file=sys.stderr, flush=True)
+    return port
 
 
 def registry_dir(log_dir: Path, topic: str) -> Path:
